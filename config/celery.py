@@ -1,0 +1,15 @@
+"""The Celery application. Workers, beat and Flower start from here: `celery -A config ...`."""
+
+import os
+
+from celery import Celery
+from django.conf import settings
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("config")
+# Every CELERY_* setting in config/settings.py configures the app, so the environment drives it.
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(name, routing_key=name) for name in settings.JOB_QUEUES]
+app.autodiscover_tasks()

@@ -1,0 +1,33 @@
+from dataclasses import asdict
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from jobs.health import readiness_report
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Deliberately checks nothing else, so a broker outage
+    never makes an orchestrator restart healthy web processes."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks = readiness_report()
+    ready = all(result.ok for result in checks.values())
+    return JsonResponse(
+        {"status": "ok" if ready else "fail", "checks": {k: asdict(v) for k, v in checks.items()}},
+        status=200 if ready else 503,
+    )
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,41 @@
+"""The test harness: a private Redis and a real Celery worker, shared by every test module.
+
+Loaded as a plugin (`-p tests.harness` in pyproject.toml) rather than from conftest.py because
+it must set the environment before pytest-django imports the settings: the whole suite, the
+worker subprocess included, talks to a Redis on a free port that this session owns, never to
+whatever runs on 6379.
+"""
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="celery-saas-tests-"))
+REDIS_PORT = _free_port()
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+# Forced, not defaulted: a developer's .env or shell must not point the tests at real services.
+os.environ.update(
+    {
+        "REDIS_URL": REDIS_URL,
+        "CELERY_BROKER_URL": REDIS_URL,
+        "CELERY_RESULT_BACKEND": REDIS_URL,
+        "MEDIA_ROOT": str(SESSION_DIR / "media"),
+        "SQLITE_TEST_DATABASE": str(SESSION_DIR / "test-db.sqlite3"),
+        "EMAIL_URL": f"filemail://{SESSION_DIR / 'emails'}",
+        "DEBUG": "0",
+        "SECRET_KEY": "tests-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
+        # The test client speaks plain HTTP; redirecting it to HTTPS would test nothing.
+        "SECURE_SSL_REDIRECT": "0",
+    }
+)
+
+pytest_plugins = ["tests.fixtures"]

@@ -1,0 +1,175 @@
+"""Real processes the tests start and stop: a private redis-server and Celery workers."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+from django.conf import settings
+
+from config.celery import app
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll until `probe` returns something truthy; fail with the last value after `timeout`.
+
+    Background work finishes "soon", never at a known instant; polling with a deadline is how a
+    test waits for it without sleeping for a guessed duration.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server on a fixed port that a test may stop and start again (a broker outage)."""
+
+    def __init__(self, *, port: int, workdir: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        eventually(lambda: self._answers(client), timeout=10)
+
+    def stop(self) -> None:
+        """Stop the server; it comes back empty (no persistence), like a real broker wipe."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+
+    def forget_all_but_bindings(self) -> None:
+        """Empty every queue and key so each test starts clean, as each starts with empty tables.
+
+        Not FLUSHDB: kombu keeps queue bindings in `_kombu.binding.*` keys, declared once per
+        connection. Deleting them under live connections would send later messages (and the
+        worker's control pings) nowhere, which is not a state production can reach.
+        """
+        client = self.client()
+        doomed = [k for k in client.scan_iter(count=1000) if not k.startswith(b"_kombu.binding.")]
+        if doomed:
+            client.delete(*doomed)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @staticmethod
+    def _answers(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+
+def database_url_for_subprocesses() -> str:
+    """A DATABASE_URL for the database the tests run on, for processes the tests start."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if params["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(params['NAME']).resolve()}"
+    credentials = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
+    host = params["HOST"] or "127.0.0.1"
+    port = f":{params['PORT']}" if params["PORT"] else ""
+    return f"postgres://{credentials}@{host}{port}/{params['NAME']}"
+
+
+class WorkerProcess:
+    """`celery worker` as a subprocess: the same program production runs, prefork pool included.
+
+    A subprocess rather than Celery's in-process test worker because the tests must be able to
+    SIGKILL a worker or a pool child and see what a real deployment would see, and because an
+    in-process worker shares the test's database connection and import state, which hides bugs.
+    """
+
+    def __init__(
+        self,
+        *,
+        logdir: Path,
+        queues: list[str] | None = None,
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
+        self.queues = queues or list(settings.JOB_QUEUES)
+        self.concurrency = concurrency
+        self.logfile = logdir / f"{self.name.split('@')[0]}.log"
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, wait: bool = True) -> "WorkerProcess":
+        env = {**os.environ, "DATABASE_URL": database_url_for_subprocesses(), **self.extra_env}
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        with self.logfile.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "worker",
+                 "--hostname", self.name, "--queues", ",".join(self.queues),
+                 "--concurrency", str(self.concurrency), "--pool", "prefork",
+                 # Test-only tasks (effects the tests can observe) live beside the tests.
+                 "--include", "tests.worker_tasks",
+                 "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+                cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker exited at start-up:\n{self.log_tail()}")
+            return bool(app.control.ping(destination=[self.name], timeout=0.5))
+
+        try:
+            eventually(answers, timeout=timeout, interval=0.2)
+        except AssertionError as error:
+            raise AssertionError(f"worker never answered a ping:\n{self.log_tail()}") from error
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # warm shutdown, as an orchestrator does
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.logfile.exists():
+            return "(no log)"
+        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,12 @@
+"""Tasks that exist only for tests: small effects a test can observe in the database.
+
+The test worker loads this module with `--include`; production workers never do.
+"""
+
+from celery import shared_task
+from django.contrib.auth import get_user_model
+
+
+@shared_task(name="tests.create_user")
+def create_user(email: str) -> int:
+    return get_user_model().objects.create_user(email=email, password=None).pk
