@@ -124,6 +124,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=str(VAR_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# In development, serve static files straight from the apps without collectstatic.
+WHITENOISE_USE_FINDERS = DEBUG
 MEDIA_URL = "media/"
 # User files live outside the code: never inside the `media` package.
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=str(VAR_DIR / "media"))

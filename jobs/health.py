@@ -62,7 +62,7 @@ def _timed(check: Callable[[], CheckResult]) -> CheckResult:
     started = time.monotonic()
     try:
         result = check()
-    except Exception as error:  # noqa: BLE001 - any failure of a dependency means "not ready"
+    except Exception as error:  # any failure of a dependency means "not ready"
         result = CheckResult(ok=False, detail=f"{type(error).__name__}: {error}")
     return CheckResult(result.ok, result.detail, round((time.monotonic() - started) * 1000, 1))
 
@@ -97,6 +97,8 @@ def _collect(
     return {
         name: future.result()
         if future.done()
-        else CheckResult(ok=False, detail=f"no answer within {deadline:g}s", duration_ms=deadline * 1000)
+        else CheckResult(
+            ok=False, detail=f"no answer within {deadline:g}s", duration_ms=deadline * 1000
+        )
         for name, future in futures.items()
     }

@@ -21,5 +21,5 @@ def _client_for(url: str) -> redis.Redis:
 
 
 def redis_client() -> redis.Redis:
-    """The client for settings.REDIS_URL (looked up on each call, so tests can point it elsewhere)."""
+    """The client for settings.REDIS_URL, looked up on each call so tests can repoint it."""
     return _client_for(settings.REDIS_URL)

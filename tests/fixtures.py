@@ -6,7 +6,7 @@ import pytest
 
 from config.celery import app
 from tests.harness import REDIS_PORT, SESSION_DIR
-from tests.services import RedisServer, WorkerProcess
+from tests.services import BeatProcess, CeleryProcess, RedisServer, WorkerProcess
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,13 +26,24 @@ def _redis_running_and_empty(redis_server: RedisServer) -> None:
     redis_server.forget_all_but_bindings()
 
 
+# The one shared worker, started by the first test that needs it and kept for the session
+# (starting a prefork worker costs seconds).
+_SHARED_WORKER = WorkerProcess(logdir=SESSION_DIR / "processes")
+
+
 @pytest.fixture(scope="session")
 def _session_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(logdir=SESSION_DIR / "workers")
     with django_db_blocker.unblock():
-        worker.start()
-    yield worker
-    worker.stop()
+        _SHARED_WORKER.start()
+    yield _SHARED_WORKER
+    _SHARED_WORKER.stop()
+
+
+@pytest.fixture
+def no_worker_running() -> None:
+    """For tests about what happens while no worker runs: stops the shared one if it is up
+    (the next test that asks for `celery_worker` starts it again)."""
+    _SHARED_WORKER.stop()
 
 
 @pytest.fixture
@@ -42,24 +53,34 @@ def celery_worker(transactional_db, _session_worker: WorkerProcess) -> WorkerPro
     Requires committed data: the worker runs in another process with its own connection, so a
     test that uses it runs with `transactional_db` (rows are committed, tables flushed after).
     """
-    if _session_worker.process is None or _session_worker.process.poll() is not None:
+    if not _session_worker.alive:
         _session_worker.start()
     return _session_worker
 
 
-@pytest.fixture
-def start_worker(transactional_db) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start extra workers (other queues, other settings) that are stopped after the test."""
-    started: list[WorkerProcess] = []
+def _processes_stopped_after_the_test(kind: type[CeleryProcess]):
+    started: list[CeleryProcess] = []
 
-    def start(**options) -> WorkerProcess:
-        worker = WorkerProcess(logdir=SESSION_DIR / "workers", **options).start()
-        started.append(worker)
-        return worker
+    def start(*, wait: bool = True, **options) -> CeleryProcess:
+        process = kind(logdir=SESSION_DIR / "processes", **options)
+        started.append(process)
+        return process.start(wait=wait)
 
     yield start
-    for worker in started:
-        worker.stop()
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_worker(transactional_db) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start extra workers (other queues, other settings), stopped after the test."""
+    yield from _processes_stopped_after_the_test(WorkerProcess)
+
+
+@pytest.fixture
+def start_beat(transactional_db) -> Iterator[Callable[..., BeatProcess]]:
+    """Start `celery beat` processes, stopped after the test."""
+    yield from _processes_stopped_after_the_test(BeatProcess)
 
 
 @pytest.fixture

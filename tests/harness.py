@@ -29,6 +29,7 @@ os.environ.update(
         "CELERY_BROKER_URL": REDIS_URL,
         "CELERY_RESULT_BACKEND": REDIS_URL,
         "MEDIA_ROOT": str(SESSION_DIR / "media"),
+        "STATIC_ROOT": str(SESSION_DIR / "static"),
         "SQLITE_TEST_DATABASE": str(SESSION_DIR / "test-db.sqlite3"),
         "EMAIL_URL": f"filemail://{SESSION_DIR / 'emails'}",
         "DEBUG": "0",
@@ -37,5 +38,7 @@ os.environ.update(
         "SECURE_SSL_REDIRECT": "0",
     }
 )
+
+(SESSION_DIR / "static").mkdir()
 
 pytest_plugins = ["tests.fixtures"]

@@ -51,8 +51,19 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -106,56 +117,54 @@ def database_url_for_subprocesses() -> str:
     return f"postgres://{credentials}@{host}{port}/{params['NAME']}"
 
 
-class WorkerProcess:
-    """`celery worker` as a subprocess: the same program production runs, prefork pool included.
+class CeleryProcess:
+    """A `celery -A config <program>` subprocess on the test database and the private Redis."""
 
-    A subprocess rather than Celery's in-process test worker because the tests must be able to
-    SIGKILL a worker or a pool child and see what a real deployment would see, and because an
-    in-process worker shares the test's database connection and import state, which hides bugs.
-    """
+    program = ""
 
-    def __init__(
-        self,
-        *,
-        logdir: Path,
-        queues: list[str] | None = None,
-        concurrency: int = 2,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
-        self.name = f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
-        self.queues = queues or list(settings.JOB_QUEUES)
-        self.concurrency = concurrency
+    def __init__(self, *, logdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.name = f"test-{self.program}-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
         self.logfile = logdir / f"{self.name.split('@')[0]}.log"
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
 
-    def start(self, *, wait: bool = True) -> "WorkerProcess":
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, *, wait: bool = True) -> "CeleryProcess":
         env = {**os.environ, "DATABASE_URL": database_url_for_subprocesses(), **self.extra_env}
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker",
-                 "--hostname", self.name, "--queues", ",".join(self.queues),
-                 "--concurrency", str(self.concurrency), "--pool", "prefork",
-                 # Test-only tasks (effects the tests can observe) live beside the tests.
-                 "--include", "tests.worker_tasks",
-                 "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-                cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "celery", "-A", "config", self.program, *self.arguments()],
+                cwd=BASE_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"worker exited at start-up:\n{self.log_tail()}")
-            return bool(app.control.ping(destination=[self.name], timeout=0.5))
+        def ready() -> bool:
+            if not self.alive:
+                raise RuntimeError(f"{self.program} exited at start-up:\n{self.log_tail()}")
+            return self.is_ready()
 
         try:
-            eventually(answers, timeout=timeout, interval=0.2)
+            eventually(ready, timeout=timeout, interval=0.2)
         except AssertionError as error:
-            raise AssertionError(f"worker never answered a ping:\n{self.log_tail()}") from error
+            raise AssertionError(
+                f"{self.program} never became ready:\n{self.log_tail()}"
+            ) from error
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 30) -> None:
         if self.process is None:
@@ -169,7 +178,56 @@ class WorkerProcess:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-whatever, as in an out-of-memory kill or a power cut."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def log_tail(self, lines: int = 60) -> str:
         if not self.logfile.exists():
             return "(no log)"
         return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+
+class WorkerProcess(CeleryProcess):
+    """`celery worker` as a subprocess: the same program production runs, prefork pool included.
+
+    A subprocess rather than Celery's in-process test worker because the tests must be able to
+    SIGKILL a worker or a pool child and see what a real deployment would see, and because an
+    in-process worker shares the test's database connection and import state, which hides bugs.
+    """
+
+    program = "worker"
+
+    def __init__(self, *, queues: list[str] | None = None, concurrency: int = 2, **options) -> None:
+        super().__init__(**options)
+        self.queues = queues or list(settings.JOB_QUEUES)
+        self.concurrency = concurrency
+
+    def arguments(self) -> list[str]:
+        return [
+            "--hostname", self.name, "--queues", ",".join(self.queues),
+            "--concurrency", str(self.concurrency), "--pool", "prefork",
+            # Test-only tasks (effects the tests can observe) live beside the tests.
+            "--include", "tests.worker_tasks",
+            "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return bool(app.control.ping(destination=[self.name], timeout=0.5))
+
+
+class BeatProcess(CeleryProcess):
+    """`celery beat` with the project's scheduler, as the Procfile runs it."""
+
+    program = "beat"
+
+    def arguments(self) -> list[str]:
+        return ["--loglevel", "INFO", "--pidfile="]
+
+    def is_ready(self) -> bool:
+        from jobs.heartbeats import beat_heartbeat_age
+
+        return beat_heartbeat_age() is not None
