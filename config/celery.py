@@ -8,7 +8,8 @@ from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("config")
+# Every task inherits the job platform's guarantees (jobs/base.py).
+app = Celery("config", task_cls="jobs.base:PlatformTask")
 # Every CELERY_* setting in config/settings.py configures the app, so the environment drives it.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name, routing_key=name) for name in settings.JOB_QUEUES]

@@ -226,6 +226,34 @@ BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=60)
 # Each /readyz check gives up after this many seconds, so the endpoint itself never hangs.
 READINESS_CHECK_TIMEOUT = env.float("READINESS_CHECK_TIMEOUT", default=2.0)
 
+# --- Job platform (jobs/) -------------------------------------------------------------------
+
+# Retry defaults for tasks that declare a retry policy without their own numbers: waits grow as
+# base * 2^attempt with equal jitter, never beyond the cap. The cap stays far below the
+# visibility timeout (a system check enforces it) so a retry countdown never outlives it.
+JOBS_RETRY_BASE_SECONDS = env.float("JOBS_RETRY_BASE_SECONDS", default=2.0)
+JOBS_RETRY_MAX_SECONDS = env.float("JOBS_RETRY_MAX_SECONDS", default=600.0)
+JOBS_MAX_RETRIES = env.int("JOBS_MAX_RETRIES", default=5)
+# A message whose task killed its worker this many times is dead-lettered instead of redelivered.
+JOBS_MAX_DELIVERIES = env.int("JOBS_MAX_DELIVERIES", default=3)
+# Seconds a request may spend publishing after commit before it gives up and leaves the message
+# to the outbox relay. Small: the user is waiting; the relay is not.
+JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=0.5)
+# After a failed publish, requests skip publishing for this long (the relay catches up), so a
+# dead broker costs one timeout, not one per request.
+JOBS_PUBLISH_BACKOFF_SECONDS = env.float("JOBS_PUBLISH_BACKOFF_SECONDS", default=5.0)
+# How often the relay re-publishes outbox rows, and how long published rows are kept.
+JOBS_OUTBOX_RELAY_SECONDS = env.float("JOBS_OUTBOX_RELAY_SECONDS", default=10.0)
+JOBS_OUTBOX_RETENTION_DAYS = env.int("JOBS_OUTBOX_RETENTION_DAYS", default=7)
+# Delays up to this many seconds become broker countdowns; longer ones wait in the database
+# and are released by the relay, because Redis would redeliver an ETA message older than the
+# visibility timeout again and again (celery/celery#4400).
+JOBS_MAX_BROKER_COUNTDOWN_SECONDS = env.float(
+    "JOBS_MAX_BROKER_COUNTDOWN_SECONDS", default=CELERY_VISIBILITY_TIMEOUT / 2
+)
+# Global limits for calls to outside providers, shared by every worker: "20/s", "600/m".
+JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
+
 # --- API ------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {

@@ -1,0 +1,167 @@
+"""The base class of every task in the project (set app-wide as Celery's `task_cls`).
+
+A task declares what it is; this class turns that into behaviour:
+
+    @shared_task(name="accounts.send_email", idempotent=True, retry_policy=SMTP_TRANSIENT)
+
+- `idempotent=True`: the task may safely run twice, so its message is acknowledged only after
+  it ran (late ack) and a worker that dies mid-task hands the message back. A message that
+  kills its worker every time is dead-lettered after JOBS_MAX_DELIVERIES deliveries.
+- `retry_policy`: which errors are transient, how many retries, what backoff. Transient errors
+  are retried with jittered exponential backoff; anything else, or the last failed retry,
+  ends in the dead-letter store.
+- publishing waits for the current transaction to commit, so a worker never looks for a row
+  that is not there yet and a rolled-back request sends nothing.
+- one log line per outcome: task, id, attempt, duration, outcome, exception class.
+"""
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery.contrib.django.task import DjangoTask
+from celery.exceptions import Ignore, Reject, Retry
+from celery.result import AsyncResult
+from django.conf import settings
+from django.db import transaction
+from kombu.utils.uuid import uuid
+
+from jobs.deadletters import dead_letter_record
+from jobs.redis import redis_client
+from jobs.retry import NEVER_RETRY, RetryPolicy, TransientError
+
+logger = logging.getLogger("jobs.task")
+
+
+class PoisonMessage(Exception):
+    """The message's task killed its worker on every delivery; it is not delivered again."""
+
+
+class PlatformTask(DjangoTask):
+    idempotent: bool = False
+    retry_policy: RetryPolicy = NEVER_RETRY
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Late ack is safe only for idempotent tasks: the message comes back after a crash
+        # and runs again. For the others a crash loses the run rather than repeating an
+        # effect (an email twice, a charge twice), which is the lesser harm.
+        cls.acks_late = cls.idempotent
+        cls.reject_on_worker_lost = cls.idempotent
+
+    # --- publishing ---------------------------------------------------------------------
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, **options) -> AsyncResult:
+        """Inside a transaction, publish once it commits (and not at all on rollback).
+
+        Not durable: if the broker is down at commit, the message is lost. Work that must not
+        be lost goes through `jobs.outbox.enqueue`.
+        """
+        if not transaction.get_connection().in_atomic_block:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        task_id = task_id or uuid()
+        transaction.on_commit(
+            lambda: super(PlatformTask, self).apply_async(args, kwargs, task_id=task_id, **options)
+        )
+        return self.AsyncResult(task_id)
+
+    def publish_now_unsafe(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Publish at once even inside a transaction: the worker may run before the commit
+        (and find nothing) or after a rollback (and act on nothing). For callers that know."""
+        return super().apply_async(args, kwargs)
+
+    # --- running ------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:  # a plain function call, e.g. from a shell
+            return super().__call__(*args, **kwargs)
+        started = time.monotonic()
+        attempt = request.retries + 1
+        delivery_key = f"jobs:deliveries:{request.id}:{request.retries}"
+        if self.idempotent and self._deliveries_exceeded(delivery_key):
+            error = PoisonMessage(
+                f"killed its worker {settings.JOBS_MAX_DELIVERIES} times; not delivered again"
+            )
+            self._dead_letter(args, kwargs, error, attempt)
+            self._log_outcome("failure", started, attempt, error)
+            raise error  # acknowledged as a failure: the message is not requeued again
+        try:
+            result = super().__call__(*args, **kwargs)
+        except (Retry, Ignore, Reject) as control:
+            # The task steered its own fate (self.retry(), a deferral): not a failure.
+            self._log_outcome(type(control).__name__.lower(), started, attempt)
+            self._forget_deliveries(delivery_key)
+            raise
+        except Exception as error:
+            self._forget_deliveries(delivery_key)
+            verdict = self.retry_policy.classified(error)
+            if (
+                isinstance(verdict, TransientError)
+                and request.retries < self.retry_policy.retries_allowed
+            ):
+                wait = self.retry_policy.wait_seconds(
+                    retries_so_far=request.retries, retry_after=verdict.retry_after
+                )
+                self._log_outcome("retry", started, attempt, error, wait=wait)
+                raise self.retry(
+                    exc=error, countdown=wait, max_retries=self.retry_policy.retries_allowed
+                ) from error
+            self._dead_letter(args, kwargs, error, attempt)
+            self._log_outcome("failure", started, attempt, error)
+            raise
+        self._forget_deliveries(delivery_key)
+        self._log_outcome("success", started, attempt)
+        return result
+
+    def _deliveries_exceeded(self, key: str) -> bool:
+        """Count this delivery of this attempt. A message redelivered because its worker died
+        arrives with the same id and retry count, so the count says how often it killed one."""
+        try:
+            pipeline = redis_client().pipeline()
+            pipeline.incr(key)
+            pipeline.expire(key, settings.CELERY_VISIBILITY_TIMEOUT * 2)
+            deliveries, _ = pipeline.execute()
+        except redis.RedisError:
+            return False  # cannot count: run it; the visibility timeout still bounds the loop
+        return deliveries > settings.JOBS_MAX_DELIVERIES
+
+    @staticmethod
+    def _forget_deliveries(key: str) -> None:
+        try:
+            redis_client().delete(key)
+        except redis.RedisError:
+            pass  # the key expires by itself
+
+    def _dead_letter(self, args: tuple, kwargs: dict, error: BaseException, attempt: int) -> None:
+        delivery_info = self.request.delivery_info or {}
+        dead_letter_record(
+            task_name=self.name,
+            task_id=self.request.id,
+            args=args,
+            kwargs=kwargs,
+            queue=delivery_info.get("routing_key") or "",
+            error=error,
+            attempts=attempt,
+        )
+
+    def _log_outcome(
+        self,
+        outcome: str,
+        started: float,
+        attempt: int,
+        error: BaseException | None = None,
+        wait: float | None = None,
+    ) -> None:
+        # One logfmt line per outcome: greppable by eye, parseable by any log pipeline.
+        line = (
+            f"task={self.name} id={self.request.id} attempt={attempt} "
+            f"duration_ms={(time.monotonic() - started) * 1000:.1f} outcome={outcome}"
+        )
+        if error is not None:
+            line += f" exception={type(error).__name__}"
+        if wait is not None:
+            line += f" retry_in_s={wait:.2f}"
+        level = logging.INFO if outcome in {"success", "retry", "ignore"} else logging.WARNING
+        logger.log(level, line)

@@ -1,0 +1,93 @@
+"""Dead letters: tasks that will not succeed by themselves, kept for a person to act on."""
+
+import logging
+import traceback as traceback_module
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from config.celery import app
+from jobs.models import DeadLetter, OutboxMessage
+from jobs.outbox import enqueue
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter_record(
+    *,
+    task_name: str,
+    task_id: str,
+    args: list | tuple,
+    kwargs: dict[str, Any],
+    queue: str,
+    error: BaseException,
+    attempts: int,
+) -> DeadLetter:
+    """Record (or update, for a task id seen before) a task that failed for good."""
+    now = timezone.now()
+    formatted = "".join(traceback_module.format_exception(error))
+    letter, created = DeadLetter.objects.update_or_create(
+        task_id=task_id,
+        defaults={
+            "task_name": task_name,
+            "args": list(args),
+            "kwargs": kwargs,
+            "queue": queue,
+            "exception_class": f"{type(error).__module__}.{type(error).__qualname__}",
+            "exception_message": str(error)[:5000],
+            "traceback": formatted[-20000:],
+            "attempts": attempts,
+            "last_failed_at": now,
+            "status": DeadLetter.Status.DEAD,
+        },
+        create_defaults={"first_failed_at": now},
+    )
+    logger.error(
+        "dead letter %s: task=%s id=%s attempts=%d error=%s",
+        letter.pk, task_name, task_id, attempts, letter.exception_class,
+    )  # fmt: skip
+    return letter
+
+
+def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
+    """Run the task again with its original arguments, through the outbox (so a re-drive
+    during a broker outage is not lost either). Recorded on the dead letter."""
+    with transaction.atomic():
+        letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
+        if letter.status != DeadLetter.Status.DEAD:
+            raise DeadLetterNotActionable(f"dead letter {letter.pk} is already {letter.status}")
+        task = app.tasks[letter.task_name]
+        if letter.args:
+            # Positional arguments only reach the outbox as keywords, bound by name.
+            kwargs = _bind_positional(task, letter.args, letter.kwargs)
+        else:
+            kwargs = letter.kwargs
+        message = enqueue(task, **kwargs)
+        letter.status = DeadLetter.Status.REDRIVEN
+        letter.redriven_at = timezone.now()
+        letter.redrive_count += 1
+        letter.resolved_by = by
+        letter.save(update_fields=["status", "redriven_at", "redrive_count", "resolved_by"])
+    return message
+
+
+def dead_letter_discard(*, dead_letter_id: int, by: str = "") -> None:
+    with transaction.atomic():
+        letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
+        if letter.status != DeadLetter.Status.DEAD:
+            raise DeadLetterNotActionable(f"dead letter {letter.pk} is already {letter.status}")
+        letter.status = DeadLetter.Status.DISCARDED
+        letter.resolved_by = by
+        letter.save(update_fields=["status", "resolved_by"])
+
+
+class DeadLetterNotActionable(Exception):
+    """Re-drive or discard of a dead letter that was already re-driven or discarded."""
+
+
+def _bind_positional(task, args: list, kwargs: dict) -> dict:
+    import inspect
+
+    bound = inspect.signature(task.run).bind_partial(*args, **kwargs)
+    return dict(bound.arguments)

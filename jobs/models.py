@@ -1,0 +1,88 @@
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class OutboxMessage(models.Model):
+    """A task to publish, written in the same transaction as the change that asked for it.
+
+    The row is the durable intent: if publishing right after commit fails (broker down, process
+    killed), the relay publishes it later. Its id is the Celery task id, so a message published
+    twice is recognisably the same task.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        PUBLISHED = "published", "published"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_name = models.CharField(max_length=200)
+    kwargs = models.JSONField(default=dict)
+    queue = models.CharField(max_length=50, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Not published before this instant: a delay too long for a broker countdown.
+    release_at = models.DateTimeField(default=timezone.now)
+    # Whoever publishes holds the row until then; an expired claim means its publisher died.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            # The relay's question: which pending rows are due?
+            models.Index(
+                fields=["release_at"],
+                condition=models.Q(status="pending"),
+                name="jobs_outbox_pending_due",
+            ),
+            models.Index(fields=["status", "published_at"], name="jobs_outbox_published"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} ({self.status})"
+
+
+class DeadLetter(models.Model):
+    """A task that will not succeed by itself: retries exhausted, a permanent error, or a
+    message that killed its worker every time. Kept for a person to re-drive or discard."""
+
+    class Status(models.TextChoices):
+        DEAD = "dead", "dead"
+        REDRIVEN = "redriven", "re-driven"
+        DISCARDED = "discarded", "discarded"
+
+    task_name = models.CharField(max_length=200, db_index=True)
+    task_id = models.CharField(max_length=255, unique=True)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    queue = models.CharField(max_length=50, blank=True)
+    exception_class = models.CharField(max_length=200, db_index=True)
+    exception_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+    first_failed_at = models.DateTimeField(default=timezone.now)
+    last_failed_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DEAD)
+    redriven_at = models.DateTimeField(null=True, blank=True)
+    redrive_count = models.PositiveIntegerField(default=0)
+    resolved_by = models.CharField(max_length=254, blank=True)
+
+    class Meta:
+        ordering = ["-last_failed_at"]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.exception_class} ({self.status})"
+
+
+class IdempotencyKey(models.Model):
+    """Proof that an effect identified by `key` happened. The unique constraint, not a lock,
+    is what makes a second delivery (concurrent or after a crash) a no-op."""
+
+    key = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return self.key

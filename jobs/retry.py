@@ -1,0 +1,138 @@
+"""Which failures are worth another try, and how long to wait before it.
+
+Only transient errors are retried: a timeout, a dropped connection, an SMTP 4xx, an HTTP 429 or
+5xx. A permanent error (an SMTP 5xx, an HTTP 404, a bug) fails at once: retrying it only delays
+the dead letter a person has to look at.
+"""
+
+import random
+import smtplib
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+
+class TransientError(Exception):
+    """A failure that may go away by itself. `retry_after` is the provider's own hint."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """A failure that another attempt cannot fix; the task is dead-lettered at once."""
+
+
+# Network failures below any protocol: the other side may be back in a moment.
+NETWORK_ERRORS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, socket.timeout)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Declared on a task (`retry_policy=...`): what is transient, how often, how patiently.
+
+    Numbers left as None come from settings (JOBS_MAX_RETRIES, JOBS_RETRY_BASE_SECONDS,
+    JOBS_RETRY_MAX_SECONDS), so operators and tests can tune every task at once.
+    """
+
+    transient: tuple[type[Exception], ...] = ()
+    # For errors whose class alone does not tell (an SMTP reply code): returns the error
+    # re-classified as TransientError or PermanentError, or None to fall back to `transient`.
+    classify: Callable[[Exception], Exception | None] | None = None
+    max_retries: int | None = None
+    base_seconds: float | None = None
+    max_seconds: float | None = None
+
+    def classified(self, error: Exception) -> Exception:
+        if isinstance(error, TransientError | PermanentError):
+            return error
+        if self.classify is not None and (verdict := self.classify(error)) is not None:
+            return verdict
+        if isinstance(error, self.transient):
+            return TransientError(f"{type(error).__name__}: {error}")
+        return error
+
+    def is_transient(self, error: Exception) -> bool:
+        return isinstance(self.classified(error), TransientError)
+
+    @property
+    def retries_allowed(self) -> int:
+        return settings.JOBS_MAX_RETRIES if self.max_retries is None else self.max_retries
+
+    def wait_seconds(self, *, retries_so_far: int, retry_after: float | None = None) -> float:
+        """Exponential backoff with equal jitter: half the exponential wait is fixed, the other
+        half random. Waits keep growing (unlike full jitter, which can draw ~0) while workers
+        that failed together still spread out instead of retrying in lock-step."""
+        base = settings.JOBS_RETRY_BASE_SECONDS if self.base_seconds is None else self.base_seconds
+        cap = settings.JOBS_RETRY_MAX_SECONDS if self.max_seconds is None else self.max_seconds
+        exponential = min(cap, base * 2**retries_so_far)
+        wait = exponential / 2 + random.uniform(0, exponential / 2)  # noqa: S311 - not crypto
+        if retry_after is not None:
+            # The provider said when; sooner would only be refused again. Still capped: a
+            # countdown beyond the cap could outlive the broker's visibility timeout.
+            wait = max(wait, min(retry_after, cap))
+        return wait
+
+
+# No retries at all: every failure is permanent. The default for tasks that declare nothing.
+NEVER_RETRY = RetryPolicy(max_retries=0)
+
+
+def classify_smtp_error(error: Exception) -> Exception | None:
+    """SMTP replies: 4xx are temporary by definition (RFC 5321 §4.2.1), 5xx are final.
+    A dropped or refused connection and a timeout are transient."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in error.recipients.values()]
+        if codes and all(400 <= code < 500 for code in codes):
+            return TransientError(f"recipients deferred: {codes}")
+        return PermanentError(f"recipients refused: {codes}")
+    if isinstance(error, smtplib.SMTPResponseException):
+        message = f"SMTP {error.smtp_code}: {error.smtp_error!r}"
+        if 400 <= error.smtp_code < 500:
+            return TransientError(message)
+        return PermanentError(message)
+    if isinstance(error, (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS)):
+        return TransientError(f"{type(error).__name__}: {error}")
+    if isinstance(error, OSError):  # refused, unreachable, reset: the network, not the message
+        return TransientError(f"{type(error).__name__}: {error}")
+    return None
+
+
+SMTP_TRANSIENT = RetryPolicy(classify=classify_smtp_error)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - timezone.now()).total_seconds())
+
+
+def http_response_error(status: int, headers: Mapping[str, str] | None = None) -> Exception | None:
+    """The error an HTTP response amounts to, or None for success: 429 and 5xx are transient
+    (honouring Retry-After), any other 4xx is permanent (the request itself is wrong)."""
+    if status < 400:
+        return None
+    headers = {key.lower(): value for key, value in (headers or {}).items()}
+    if status == 429 or status >= 500:
+        return TransientError(
+            f"HTTP {status}", retry_after=parse_retry_after(headers.get("retry-after"))
+        )
+    return PermanentError(f"HTTP {status}")
+
+
+def raise_for_http_status(status: int, headers: Mapping[str, str] | None = None) -> None:
+    if (error := http_response_error(status, headers)) is not None:
+        raise error
