@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 
 from tests.services import eventually
-from tests.worker_tasks import create_user
+from tests.worker_tasks.basics import create_user
 
 
 def test_a_task_travels_through_the_broker_to_a_worker_and_changes_the_database(celery_worker):

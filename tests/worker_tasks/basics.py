@@ -1,8 +1,3 @@
-"""Tasks that exist only for tests: small effects a test can observe in the database.
-
-The test worker loads this module with `--include`; production workers never do.
-"""
-
 from celery import shared_task
 from django.contrib.auth import get_user_model
 
