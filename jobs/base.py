@@ -15,6 +15,7 @@ A task declares what it is; this class turns that into behaviour:
 - one log line per outcome: task, id, attempt, duration, outcome, exception class.
 """
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -129,10 +130,8 @@ class PlatformTask(DjangoTask):
 
     @staticmethod
     def _forget_deliveries(key: str) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):  # the key expires by itself anyway
             redis_client().delete(key)
-        except redis.RedisError:
-            pass  # the key expires by itself
 
     def _dead_letter(self, args: tuple, kwargs: dict, error: BaseException, attempt: int) -> None:
         delivery_info = self.request.delivery_info or {}

@@ -27,21 +27,21 @@ def dead_letter_record(
     """Record (or update, for a task id seen before) a task that failed for good."""
     now = timezone.now()
     formatted = "".join(traceback_module.format_exception(error))
-    letter, created = DeadLetter.objects.update_or_create(
-        task_id=task_id,
-        defaults={
-            "task_name": task_name,
-            "args": list(args),
-            "kwargs": kwargs,
-            "queue": queue,
-            "exception_class": f"{type(error).__module__}.{type(error).__qualname__}",
-            "exception_message": str(error)[:5000],
-            "traceback": formatted[-20000:],
-            "attempts": attempts,
-            "last_failed_at": now,
-            "status": DeadLetter.Status.DEAD,
-        },
-        create_defaults={"first_failed_at": now},
+    details = {
+        "task_name": task_name,
+        "args": list(args),
+        "kwargs": kwargs,
+        "queue": queue,
+        "exception_class": f"{type(error).__module__}.{type(error).__qualname__}",
+        "exception_message": str(error)[:5000],
+        "traceback": formatted[-20000:],
+        "attempts": attempts,
+        "last_failed_at": now,
+        "status": DeadLetter.Status.DEAD,
+    }
+    # The same task id fails again after a re-drive of the same message: one row, updated.
+    letter, _ = DeadLetter.objects.update_or_create(
+        task_id=task_id, defaults=details, create_defaults={**details, "first_failed_at": now}
     )
     logger.error(
         "dead letter %s: task=%s id=%s attempts=%d error=%s",

@@ -111,7 +111,7 @@ def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) ->
             # Bounds the wait for the broker's socket in the request (kombu's default is none).
             timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
         )
-    except Exception as error:  # any broker failure: connection, timeout, protocol  # noqa: BLE001
+    except Exception as error:  # any broker failure: connection, timeout, protocol
         publish_circuit.record_failure()
         logger.warning("outbox publish of %s failed, the relay will retry: %r", message.id, error)
         _release_claim(message, error=repr(error))

@@ -5,3 +5,4 @@ never do. One module per subject, each imported here so the worker registers the
 """
 
 from tests.worker_tasks import basics  # noqa: F401
+from tests.worker_tasks import platform  # noqa: F401

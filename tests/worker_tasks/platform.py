@@ -1,0 +1,90 @@
+"""Test-only tasks that exercise the job platform's guarantees.
+
+They record what happened in Redis (lists keyed by the test's key) or in the database, so the
+test process can observe runs that happened in a worker process.
+"""
+
+import os
+import signal
+import time
+import uuid
+
+from celery import shared_task
+from django.contrib.auth import get_user_model
+
+from jobs.idempotency import run_once
+from jobs.redis import redis_client
+from jobs.retry import PermanentError, RetryPolicy, TransientError
+
+
+def record(kind: str, key: str, value: str = "") -> int:
+    """Append an event (with Redis server time, one clock for every process) to a list."""
+    seconds, microseconds = redis_client().time()
+    return redis_client().rpush(f"test:{kind}:{key}", f"{seconds + microseconds / 1e6}|{value}")
+
+
+def recorded(kind: str, key: str) -> list[tuple[float, str]]:
+    entries = redis_client().lrange(f"test:{kind}:{key}", 0, -1)
+    return [(float(stamp), value) for stamp, value in (e.decode().split("|", 1) for e in entries)]
+
+
+@shared_task(
+    name="tests.flaky",
+    idempotent=True,
+    retry_policy=RetryPolicy(transient=(ConnectionError,), max_retries=5),
+)
+def flaky(key: str, failures: int) -> None:
+    """Fails with a transient error `failures` times, then succeeds."""
+    attempt = record("attempts", key)
+    if attempt <= failures:
+        raise ConnectionError(f"provider unreachable (attempt {attempt})")
+    record("effects", key)
+
+
+@shared_task(name="tests.transient_forever", idempotent=True,
+             retry_policy=RetryPolicy(transient=(TransientError,), max_retries=2))  # fmt: skip
+def transient_forever(key: str) -> None:
+    record("attempts", key)
+    raise TransientError("still down")
+
+
+@shared_task(name="tests.permanent_unless_allowed", idempotent=True,
+             retry_policy=RetryPolicy(transient=(ConnectionError,)))  # fmt: skip
+def permanent_unless_allowed(key: str) -> None:
+    """Fails permanently until a test sets `test:allow:<key>` (the fix an operator deploys)."""
+    record("attempts", key)
+    if not redis_client().exists(f"test:allow:{key}"):
+        raise PermanentError("the provider rejected this request")
+    record("effects", key)
+
+
+@shared_task(name="tests.sleep_then_record", idempotent=True)
+def sleep_then_record(key: str, seconds: float) -> None:
+    """Records its pool process id, sleeps on the first delivery only (so a test can kill the
+    process mid-task), then records the effect."""
+    delivery = record("deliveries", key, str(os.getpid()))
+    if delivery == 1:
+        time.sleep(seconds)
+    record("effects", key)
+
+
+@shared_task(name="tests.kill_own_worker", idempotent=True)
+def kill_own_worker(key: str) -> None:
+    """A poison message: kills the pool process that runs it, every time."""
+    record("deliveries", key, str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.create_user_once", idempotent=True)
+def create_user_once(key: str, hold_seconds: float = 0.0) -> bool:
+    """Creates one user per key, however often it runs. Each run that gets through makes a
+    *distinct* user, so a missing guarantee shows as two users, not as a constraint error."""
+
+    def effect() -> bool:
+        get_user_model().objects.create_user(email=f"{key}-{uuid.uuid4().hex[:6]}@example.com")
+        time.sleep(hold_seconds)  # widen the window in which a concurrent duplicate could slip in
+        return True
+
+    ran = run_once(key=f"test:create_user:{key}", effect=effect) is True
+    record("runs", key, "effect" if ran else "repeat")
+    return ran
