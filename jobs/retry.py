@@ -7,7 +7,6 @@ the dead letter a person has to look at.
 
 import random
 import smtplib
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -29,7 +28,7 @@ class PermanentError(Exception):
 
 
 # Network failures below any protocol: the other side may be back in a moment.
-NETWORK_ERRORS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, socket.timeout)
+NETWORK_ERRORS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,16 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(autouse=True)
+def _static_files_without_collectstatic(settings) -> None:
+    # Production serves hashed names from a manifest made by collectstatic at build time; tests
+    # render pages (the admin) without that step.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
 def _redis_running_and_empty(redis_server: RedisServer) -> None:
     if not redis_server.running:
         redis_server.start()

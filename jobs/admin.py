@@ -1,0 +1,53 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from jobs.deadletters import DeadLetterNotActionable, dead_letter_discard, dead_letter_redrive
+from jobs.models import DeadLetter, OutboxMessage
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = [
+        "task_name", "exception_class", "attempts", "status", "last_failed_at", "redrive_count",
+    ]  # fmt: skip
+    list_filter = ["status", "task_name", "exception_class"]
+    search_fields = ["task_name", "task_id", "exception_message"]
+    date_hierarchy = "last_failed_at"
+    actions = ["redrive", "discard"]
+    readonly_fields = [field.name for field in DeadLetter._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # dead letters come from failed tasks, never from a form
+
+    @admin.action(description="Re-drive: run the selected tasks again")
+    def redrive(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        self._act(request, queryset, dead_letter_redrive, "re-driven")
+
+    @admin.action(description="Discard the selected dead letters")
+    def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        self._act(request, queryset, dead_letter_discard, "discarded")
+
+    def _act(self, request, queryset, action, done: str) -> None:
+        succeeded, skipped = 0, []
+        for letter_id in queryset.values_list("pk", flat=True):
+            try:
+                action(dead_letter_id=letter_id, by=request.user.get_username())
+                succeeded += 1
+            except DeadLetterNotActionable as refusal:
+                skipped.append(str(refusal))
+        if succeeded:
+            self.message_user(request, f"{succeeded} dead letter(s) {done}.", messages.SUCCESS)
+        for reason in skipped:
+            self.message_user(request, reason, messages.WARNING)
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(admin.ModelAdmin):
+    list_display = ["task_name", "status", "created_at", "release_at", "publish_attempts"]
+    list_filter = ["status", "task_name"]
+    search_fields = ["id", "task_name"]
+    readonly_fields = [field.name for field in OutboxMessage._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
