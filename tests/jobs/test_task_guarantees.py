@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import signal
 import uuid
 
@@ -29,7 +30,7 @@ def test_transient_failures_are_retried_with_growing_jittered_waits_then_succeed
     # given a task whose provider fails three times, then answers
     key = unique_key()
     # when it runs on a worker (retry base 0.5 s in tests: waits of 0.25-0.5, 0.5-1, 1-2 s)
-    flaky.delay(key=key, failures=3)
+    result = flaky.delay(key=key, failures=3)
     # then it succeeds exactly once, on the fourth attempt
     eventually(lambda: recorded("effects", key), timeout=20)
     attempts = [stamp for stamp, _ in recorded("attempts", key)]
@@ -43,6 +44,13 @@ def test_transient_failures_are_retried_with_growing_jittered_waits_then_succeed
         assert exponential / 2 - 0.05 <= gap <= exponential + 0.75, (retry, gaps)
     assert gaps[0] < gaps[2]
     assert not DeadLetter.objects.filter(task_name="tests.flaky").exists()
+    # and each outcome left one structured log line
+    log = celery_worker.logfile.read_text()
+    outcomes = re.findall(
+        r"task=tests\.flaky id=(\S+) attempt=(\d) duration_ms=\S+ outcome=(\w+)", log
+    )
+    mine = [(attempt, outcome) for task_id, attempt, outcome in outcomes if task_id == result.id]
+    assert mine == [("1", "retry"), ("2", "retry"), ("3", "retry"), ("4", "success")]
 
 
 def test_exhausted_retries_end_in_a_dead_letter(celery_worker):
@@ -111,6 +119,23 @@ def test_the_same_message_delivered_twice_at_once_has_one_effect(celery_worker):
     # then exactly one made the effect, the other saw it was a repeat
     assert sorted(outcome for _, outcome in runs) == ["effect", "repeat"]
     assert get_user_model().objects.filter(email__startswith=f"{key}-").count() == 1
+
+
+def test_delay_inside_a_transaction_publishes_only_if_it_commits(celery_worker):
+    from django.db import transaction
+
+    from tests.worker_tasks.basics import create_user
+
+    # given a transaction that publishes a task and then rolls back
+    with pytest.raises(RuntimeError), transaction.atomic():
+        create_user.delay("never@example.com")
+        raise RuntimeError("the request failed")
+    # and one that publishes and commits
+    with transaction.atomic():
+        create_user.delay("after-commit@example.com")
+    # then only the committed one runs
+    eventually(lambda: get_user_model().objects.filter(email="after-commit@example.com").exists())
+    assert not get_user_model().objects.filter(email="never@example.com").exists()
 
 
 @pytest.mark.django_db(transaction=True)
