@@ -164,8 +164,8 @@ CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
 # acknowledgement that is how a task lost with a killed worker comes back; it must be longer
 # than the longest task and than any countdown/ETA the code schedules, or messages run twice.
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
-# The same value for the broker and for the result backend: Celery reads them separately, and
-# disagreeing values are a classic source of surprises (celery/celery#4037).
+# The same value for the broker and for the result backend: Celery reads the two option sets
+# separately, and equal values mean no part of the system assumes another redelivery window.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     # Bounded connects: a request that publishes never hangs on a dead broker.
