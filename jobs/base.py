@@ -106,9 +106,16 @@ class PlatformTask(DjangoTask):
                     retries_so_far=request.retries, retry_after=verdict.retry_after
                 )
                 self._log_outcome("retry", started, attempt, error, wait=wait)
-                raise self.retry(
-                    exc=error, countdown=wait, max_retries=self.retry_policy.retries_allowed
-                ) from error
+                try:
+                    raise self.retry(
+                        exc=error, countdown=wait, max_retries=self.retry_policy.retries_allowed
+                    ) from error
+                except Reject:
+                    # Celery could not publish the retry (the broker failed too) and drops the
+                    # message. Not silently: it becomes a dead letter, re-drivable later.
+                    self._dead_letter(args, kwargs, error, attempt)
+                    self._log_outcome("failure", started, attempt, error)
+                    raise
             self._dead_letter(args, kwargs, error, attempt)
             self._log_outcome("failure", started, attempt, error)
             raise

@@ -81,7 +81,9 @@ def _outbox_write(task: Task, *, kwargs: dict, delay: timedelta | None) -> Outbo
         task_name=task.name,
         kwargs=kwargs,
         queue=getattr(task, "queue", None) or "",
-        release_at=now + delay if stays_in_database else now,
+        # Due when the delay ends, whichever path publishes it: if the publish after commit
+        # fails, the relay still does not run a delayed task early.
+        release_at=now + delay if delay else now,
         # Held by this process until it publishes on commit; the relay keeps off meanwhile.
         claimed_until=None if stays_in_database else now + timedelta(seconds=CLAIM_SECONDS),
     )

@@ -1,0 +1,38 @@
+"""Test-only tasks behind the global rate limit (jobs/ratelimit.py).
+
+Each records, on Redis's clock (one clock for every worker process), when it really called its
+provider, so a test can measure the calls of several workers together.
+"""
+
+import json
+
+from celery import Task, shared_task
+
+from jobs.ratelimit import rate_limit_or_defer
+from jobs.redis import redis_client
+
+
+@shared_task(name="tests.call_rate_limited_provider", bind=True, idempotent=True)
+def call_rate_limited_provider(self: Task, key: str) -> None:
+    """Records every run (deferred or not), then, once the limit lets it through, the call."""
+    client = redis_client()
+    client.rpush(f"test:ratelimit:runs:{key}", self.request.id)
+    rate_limit_or_defer(self, provider="test")
+    seconds, microseconds = client.time()
+    call = {
+        "at": seconds + microseconds / 1e6,
+        "id": self.request.id,
+        "worker": self.request.hostname,
+        "retries": self.request.retries,
+    }
+    client.rpush(f"test:ratelimit:calls:{key}", json.dumps(call))
+
+
+def runs(key: str) -> list[str]:
+    return [run.decode() for run in redis_client().lrange(f"test:ratelimit:runs:{key}", 0, -1)]
+
+
+def calls(key: str) -> list[dict]:
+    return [
+        json.loads(call) for call in redis_client().lrange(f"test:ratelimit:calls:{key}", 0, -1)
+    ]
