@@ -1,7 +1,12 @@
+from datetime import timedelta
+
 from celery import shared_task
+from celery.schedules import crontab
 from celery.signals import worker_ready
+from django.conf import settings
 
 from jobs import outbox
+from jobs.periodic import PeriodicJob, periodic_job_register
 
 
 @shared_task(name="jobs.maintenance_outbox_relay", idempotent=True, expires=30)
@@ -19,3 +24,25 @@ def relay_outbox_when_a_worker_starts(sender, **kwargs) -> None:
     # A worker starting is often a broker coming back or a deploy after an outage: publish what
     # piled up now rather than at the next beat tick.
     maintenance_outbox_relay.apply_async()
+
+
+periodic_job_register(
+    PeriodicJob(
+        name="jobs.outbox_relay",
+        task=maintenance_outbox_relay.name,
+        schedule=timedelta(seconds=settings.JOBS_OUTBOX_RELAY_SECONDS),
+        # A relay run still queued when the next one is due has nothing left to do that the next
+        # one will not do; expiring just before the interval keeps a backlog from stacking runs.
+        expires_seconds=settings.JOBS_OUTBOX_RELAY_SECONDS * 0.9,
+    )
+)
+periodic_job_register(
+    PeriodicJob(
+        name="jobs.outbox_prune",
+        task=maintenance_outbox_prune.name,
+        # 03:17 UTC: traffic is low, and off the full hour when everyone's cron jobs start.
+        schedule=crontab(minute=17, hour=3),
+        # Pruning can wait a day: a run stuck behind a backlog for an hour is skipped, not late.
+        expires_seconds=3600,
+    )
+)

@@ -57,6 +57,7 @@ if ! redis-cli -h "$redis_host" -p "$redis_port" ping >/dev/null 2>&1; then
 fi
 
 .venv/bin/python manage.py migrate --noinput
+.venv/bin/python manage.py sync_periodic_tasks
 .venv/bin/python manage.py collectstatic --noinput --verbosity 0
 admin_line=$(.venv/bin/python manage.py ensure_local_admin)
 

@@ -220,7 +220,11 @@ class WorkerProcess(CeleryProcess):
 
 
 class BeatProcess(CeleryProcess):
-    """`celery beat` with the project's scheduler, as the Procfile runs it."""
+    """`celery beat` with the project's scheduler, as the Procfile runs it.
+
+    Ready once it has found its role: holding the beat lock and ticking (a heartbeat exists),
+    or waiting for the beat that holds it.
+    """
 
     program = "beat"
 
@@ -230,4 +234,23 @@ class BeatProcess(CeleryProcess):
     def is_ready(self) -> bool:
         from jobs.heartbeats import beat_heartbeat_age
 
-        return beat_heartbeat_age() is not None
+        return (self.holds_lock() and beat_heartbeat_age() is not None) or self.is_waiting()
+
+    def holds_lock(self) -> bool:
+        from jobs.beat import beat_lock_holder
+
+        holder = beat_lock_holder()  # host:pid:nonce
+        return self.process is not None and f":{self.process.pid}:" in (holder or "")
+
+    def is_waiting(self) -> bool:
+        return self._log_count("waiting for the beat lock") > 0
+
+    def sent(self, task: str) -> int:
+        """How many times this beat has sent `task` (counted from its log)."""
+        return self._log_count("Scheduler: Sending due task ", f"({task})")
+
+    def _log_count(self, *fragments: str) -> int:
+        if not self.logfile.exists():
+            return 0
+        lines = self.logfile.read_text(errors="replace").splitlines()
+        return sum(all(fragment in line for fragment in fragments) for line in lines)

