@@ -1,8 +1,11 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from accounts.emails import email_delivery_resend
 from accounts.forms import AdminUserAddForm, AdminUserEditForm
-from accounts.models import User
+from accounts.models import EmailDelivery, User
 
 
 @admin.register(User)
@@ -20,3 +23,24 @@ class UserAdmin(DjangoUserAdmin):
         ("Permissions", {"fields": ["is_staff", "is_superuser", "groups", "user_permissions"]}),
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+
+
+@admin.register(EmailDelivery)
+class EmailDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["recipient", "kind", "status", "attempts", "created_at", "sent_at"]
+    list_filter = ["status", "kind"]
+    search_fields = ["recipient", "message_id"]
+    date_hierarchy = "created_at"
+    actions = ["send_again"]
+    readonly_fields = [field.name for field in EmailDelivery._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # emails come from the flows that need them
+
+    @admin.action(description="Send again")
+    def send_again(self, request: HttpRequest, queryset: QuerySet[EmailDelivery]) -> None:
+        count = 0
+        for delivery_id in queryset.values_list("pk", flat=True):
+            email_delivery_resend(delivery_id=delivery_id)
+            count += 1
+        self.message_user(request, f"{count} email(s) queued again.", messages.SUCCESS)

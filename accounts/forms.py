@@ -1,6 +1,9 @@
+from django import forms
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts.models import User
+from accounts.services import PASSWORD_MAX_LENGTH
+from accounts.tokens import TOKEN_MAX_LENGTH
 
 
 class AdminUserAddForm(AdminUserCreationForm):
@@ -13,3 +16,52 @@ class AdminUserEditForm(UserChangeForm):
     class Meta:
         model = User
         fields = "__all__"
+
+
+# The web pages' forms. They only check the shape of the input, with the API's limits; the
+# services decide everything else, and the views turn their domain errors into form errors.
+
+
+class PageForm(forms.Form):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")  # labels sit above their fields: no colon
+        super().__init__(*args, **kwargs)
+
+
+class EmailForm(PageForm):
+    # EmailField refuses CR/LF and anything else that is not an address; 254 is RFC 5321's cap.
+    email = forms.EmailField(
+        max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+
+
+class SignupForm(EmailForm):
+    password = forms.CharField(
+        max_length=PASSWORD_MAX_LENGTH,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="A long passphrase you use nowhere else is best.",
+    )
+
+
+class LoginForm(EmailForm):
+    password = forms.CharField(
+        max_length=PASSWORD_MAX_LENGTH,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+
+class TokenForm(PageForm):
+    """The token of an emailed link, from its query string or from the page's hidden field."""
+
+    token = forms.CharField(max_length=TOKEN_MAX_LENGTH, widget=forms.HiddenInput)
+
+
+class NewPasswordForm(TokenForm):
+    password = forms.CharField(
+        label="New password",
+        max_length=PASSWORD_MAX_LENGTH,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )

@@ -63,3 +63,61 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def email_verified(self) -> bool:
         return self.email_verified_at is not None
+
+
+class ApiToken(models.Model):
+    """A bearer token from an API login. Only its SHA-256 is stored: a database leak yields
+    no usable tokens. One row per login, so logout ends one device, a reset ends them all."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token of {self.user_id} from {self.created_at:%Y-%m-%d}"
+
+
+class EmailDelivery(models.Model):
+    """One email to send, written in the transaction of the request that wants it sent.
+
+    Rendered when created, so every retry sends the same bytes under the same Message-ID. The
+    status row is the idempotency guard: a redelivered task finds `sent` and does nothing.
+    """
+
+    class Kind(models.TextChoices):
+        VERIFICATION = "verification", "verify your email"
+        WELCOME = "welcome", "welcome"
+        PASSWORD_RESET = "password_reset", "password reset"
+        PASSWORD_CHANGED = "password_changed", "password changed"
+        SIGNUP_ATTEMPT = "signup_attempt", "signup attempt with a taken address"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        SENDING = "sending", "sending"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="email_deliveries"
+    )
+    recipient = models.EmailField(max_length=254)
+    subject = models.CharField(max_length=200)
+    body_text = models.TextField()
+    body_html = models.TextField(blank=True)
+    message_id = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    body_pruned_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "email deliveries"
+        indexes = [models.Index(fields=["status", "sent_at"], name="accounts_delivery_sent")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.recipient} ({self.status})"

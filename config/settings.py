@@ -253,15 +253,54 @@ JOBS_MAX_BROKER_COUNTDOWN_SECONDS = env.float(
 )
 # Global limits for calls to outside providers, shared by every worker: "20/s", "600/m".
 JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
+# Only one beat sends periodic tasks: every beat competes for this Redis lock, and only its holder
+# schedules (jobs/beat.py). The holder renews it on every tick, at least every 5 s
+# (CELERY_BEAT_MAX_LOOP_INTERVAL); a holder killed without releasing it is replaced once it
+# expires. 30 s: a beat that is slow but alive misses six renewals before it loses the lock, and
+# periodic work pauses for at most half a minute after a crash.
+JOBS_BEAT_LOCK_TTL_SECONDS = env.float("JOBS_BEAT_LOCK_TTL_SECONDS", default=30.0)
+# One key per Redis database: every beat whose REDIS_URL points there competes for it.
+JOBS_BEAT_LOCK_KEY = "jobs:beat:lock"
+# Beat writes an entry's last run time to the database right after sending it, not every three
+# minutes: a beat taking over the lock reads the schedule from there, and would otherwise send
+# again what the previous holder sent since its last write.
+CELERY_BEAT_SYNC_EVERY = 1
+
+# --- Accounts -------------------------------------------------------------------------------
+
+# Links in emails expire: a verification link after a day (people read mail late), a reset
+# link after an hour (it grants the account).
+EMAIL_VERIFICATION_MAX_AGE = env.int("EMAIL_VERIFICATION_MAX_AGE", default=24 * 3600)
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
+# Accounts never verified after this many days are deleted (someone else's address, a typo).
+UNVERIFIED_ACCOUNT_DAYS = env.int("UNVERIFIED_ACCOUNT_DAYS", default=7)
+# Bodies of sent emails (they hold links with tokens) are erased after this many days.
+EMAIL_BODY_RETENTION_DAYS = env.int("EMAIL_BODY_RETENTION_DAYS", default=30)
+# Abuse limits for the endpoints that send email to an address someone typed: per address (so
+# nobody can flood one inbox) and per client IP (so nobody can flood many), as "N/s|m|h".
+ACCOUNT_EMAIL_RATE_PER_ADDRESS = env.str("ACCOUNT_EMAIL_RATE_PER_ADDRESS", default="5/h")
+ACCOUNT_EMAIL_RATE_PER_IP = env.str("ACCOUNT_EMAIL_RATE_PER_IP", default="30/h")
+# Login attempts: generous per address (a person mistyping must not be locked out for long, and
+# a low limit would let anyone lock out anyone), tighter per IP against password guessing.
+ACCOUNT_LOGIN_RATE_PER_ADDRESS = env.str("ACCOUNT_LOGIN_RATE_PER_ADDRESS", default="20/h")
+ACCOUNT_LOGIN_RATE_PER_IP = env.str("ACCOUNT_LOGIN_RATE_PER_IP", default="100/h")
+# Reverse proxies whose X-Forwarded-For is believed; from anyone else the header is ignored,
+# since a client can write whatever it likes into it.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+LOGIN_URL = "/login"
 
 # --- API ------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.api.StrictJSONParser"],
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
 }

@@ -1,8 +1,9 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts.urls import api_urlpatterns as accounts_api
 from jobs import views as jobs_views
 
 urlpatterns = [
@@ -11,7 +12,9 @@ urlpatterns = [
     path("metrics", jobs_views.metrics, name="metrics"),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/", include((accounts_api, "accounts-api"))),
     path("admin/", admin.site.urls),
+    path("", include("accounts.urls")),
 ]
 
 if settings.DEBUG:

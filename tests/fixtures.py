@@ -5,8 +5,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from config.celery import app
-from tests.harness import REDIS_PORT, SESSION_DIR
+from tests.harness import REDIS_PORT, SESSION_DIR, SMTP_PORT
 from tests.services import BeatProcess, CeleryProcess, RedisServer, WorkerProcess
+from tests.smtp import SmtpServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -17,6 +18,23 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(port=SMTP_PORT)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp(_session_smtp: SmtpServer) -> SmtpServer:
+    """The real SMTP server every worker sends through, running and empty at the start."""
+    if not _session_smtp.running:
+        _session_smtp.start()
+    _session_smtp.reset()
+    return _session_smtp
 
 
 @pytest.fixture(autouse=True)

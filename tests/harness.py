@@ -21,6 +21,7 @@ def _free_port() -> int:
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="celery-saas-tests-"))
 REDIS_PORT = _free_port()
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+SMTP_PORT = _free_port()
 
 # Forced, not defaulted: a developer's .env or shell must not point the tests at real services.
 os.environ.update(
@@ -31,7 +32,10 @@ os.environ.update(
         "MEDIA_ROOT": str(SESSION_DIR / "media"),
         "STATIC_ROOT": str(SESSION_DIR / "static"),
         "SQLITE_TEST_DATABASE": str(SESSION_DIR / "test-db.sqlite3"),
-        "EMAIL_URL": f"filemail://{SESSION_DIR / 'emails'}",
+        # Workers send through the session's SMTP server (tests/smtp.py), a real one.
+        "EMAIL_URL": f"smtp://127.0.0.1:{SMTP_PORT}",
+        "SITE_URL": "http://testserver",
+        "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
         "DEBUG": "0",
         "SECRET_KEY": "tests-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
         # The test client speaks plain HTTP; redirecting it to HTTPS would test nothing.

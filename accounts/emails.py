@@ -1,0 +1,129 @@
+"""Emails as status rows: rendered in the request, sent by a task on the `emails` queue."""
+
+import logging
+from datetime import timedelta
+from email.utils import make_msgid
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from accounts.models import EmailDelivery, User
+from jobs.outbox import enqueue
+from jobs.retry import PermanentError, TransientError, classify_smtp_error
+
+logger = logging.getLogger(__name__)
+
+
+def email_delivery_create(
+    *, kind: str, recipient: str, user: User | None = None, context: dict | None = None
+) -> EmailDelivery:
+    """Render the email and queue it durably; call inside the transaction that needs it, so it
+    is sent if and only if that transaction commits (and even if the broker is down now)."""
+    from accounts import tasks  # the task module imports this one
+
+    context = {
+        "site_url": settings.SITE_URL,
+        "user": user,
+        "recipient": recipient,
+        **(context or {}),
+    }
+    subject = render_to_string(f"emails/{kind}.subject.txt", context)
+    delivery = EmailDelivery.objects.create(
+        kind=kind,
+        user=user,
+        recipient=recipient,
+        # Templates may wrap lines; a header must be one line, whatever the template does.
+        subject=" ".join(subject.split())[:200],
+        body_text=render_to_string(f"emails/{kind}.txt", context),
+        body_html=render_to_string(f"emails/{kind}.html", context),
+        message_id=make_msgid(domain=urlsplit(settings.SITE_URL).hostname or "localhost"),
+    )
+    enqueue(tasks.send_email, delivery_id=delivery.pk)
+    return delivery
+
+
+def email_delivery_send(*, delivery_id: int) -> None:
+    """Send one queued email. Calling it again for a sent delivery does nothing.
+
+    Raises TransientError (the task retries) or PermanentError (the task dead-letters).
+    """
+    with transaction.atomic():
+        delivery = EmailDelivery.objects.select_for_update().get(pk=delivery_id)
+        if delivery.status in {EmailDelivery.Status.SENT, EmailDelivery.Status.FAILED}:
+            return  # redelivered message, or an operator's decision: the effect is settled
+        if delivery.status == EmailDelivery.Status.SENDING:
+            # A worker died between starting this send and recording its outcome. The server
+            # may or may not have accepted it; sending again could deliver it twice. Leave the
+            # decision to a person ("send again" in the admin).
+            delivery.status = EmailDelivery.Status.FAILED
+            delivery.last_error = "interrupted while sending; may have been delivered"
+            delivery.save(update_fields=["status", "last_error", "updated_at"])
+            return
+        delivery.status = EmailDelivery.Status.SENDING
+        delivery.attempts += 1
+        delivery.save(update_fields=["status", "attempts", "updated_at"])
+    try:
+        _smtp_send(delivery)
+    except Exception as error:
+        verdict = classify_smtp_error(error) or error
+        transient = isinstance(verdict, TransientError)
+        EmailDelivery.objects.filter(pk=delivery.pk).update(
+            status=EmailDelivery.Status.QUEUED if transient else EmailDelivery.Status.FAILED,
+            last_error=f"{type(error).__name__}: {error}"[:2000],
+            updated_at=timezone.now(),
+        )
+        if transient or isinstance(verdict, PermanentError):
+            raise verdict from error
+        raise
+    EmailDelivery.objects.filter(pk=delivery.pk).update(
+        status=EmailDelivery.Status.SENT,
+        sent_at=timezone.now(),
+        last_error="",
+        updated_at=timezone.now(),
+    )
+
+
+def email_delivery_give_up(*, delivery_id: int, reason: str) -> None:
+    """Retries are exhausted: the delivery failed (its dead letter allows a re-drive)."""
+    EmailDelivery.objects.filter(pk=delivery_id).exclude(status=EmailDelivery.Status.SENT).update(
+        status=EmailDelivery.Status.FAILED, last_error=reason[:2000], updated_at=timezone.now()
+    )
+
+
+def email_delivery_resend(*, delivery_id: int) -> None:
+    """Send a failed (or even a sent) email again, as the admin's "send again" does."""
+    with transaction.atomic():
+        EmailDelivery.objects.filter(pk=delivery_id).update(
+            status=EmailDelivery.Status.QUEUED, updated_at=timezone.now()
+        )
+        from accounts import tasks
+
+        enqueue(tasks.send_email, delivery_id=delivery_id)
+
+
+def email_bodies_prune(*, older_than_days: int) -> int:
+    """Erase the bodies of emails sent long ago: they carry links with tokens."""
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    return EmailDelivery.objects.filter(
+        status=EmailDelivery.Status.SENT, sent_at__lt=cutoff, body_pruned_at__isnull=True
+    ).update(body_text="", body_html="", body_pruned_at=timezone.now())
+
+
+def _smtp_send(delivery: EmailDelivery) -> None:
+    message = EmailMultiAlternatives(
+        subject=delivery.subject,
+        body=delivery.body_text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[delivery.recipient],
+        headers={"Message-ID": delivery.message_id},
+        # A fresh connection per email: a worker holds none open between tasks, and the SMTP
+        # backend applies EMAIL_TIMEOUT so a hung server fails the attempt instead of the worker.
+        connection=get_connection(),
+    )
+    if delivery.body_html:
+        message.attach_alternative(delivery.body_html, "text/html")
+    message.send(fail_silently=False)

@@ -1,0 +1,71 @@
+from datetime import timedelta
+
+from celery import shared_task
+from celery.schedules import crontab
+from django.conf import settings
+
+from accounts import emails, services
+from jobs.periodic import PeriodicJob, periodic_job_register
+from jobs.ratelimit import rate_limit_or_defer
+from jobs.retry import SMTP_TRANSIENT
+
+
+def _delivery_failed_for_good(task, error, task_id, args, kwargs, einfo) -> None:
+    # Celery calls this once the task failed for good (not on retries): the status row says
+    # "failed", the dead letter allows a re-drive.
+    delivery_id = kwargs.get("delivery_id", args[0] if args else None)
+    if delivery_id is not None:
+        emails.email_delivery_give_up(
+            delivery_id=delivery_id, reason=f"{type(error).__name__}: {error}"
+        )
+
+
+@shared_task(
+    name="accounts.send_email",
+    queue="emails",
+    bind=True,
+    idempotent=True,
+    retry_policy=SMTP_TRANSIENT,
+    on_failure=_delivery_failed_for_good,
+    # A stuck SMTP conversation fails by EMAIL_TIMEOUT long before this.
+    soft_time_limit=60,
+    time_limit=90,
+)
+def send_email(self, delivery_id: int) -> None:
+    rate_limit_or_defer(self, provider="smtp")
+    emails.email_delivery_send(delivery_id=delivery_id)
+
+
+@shared_task(name="accounts.maintenance_clear_sessions", idempotent=True)
+def maintenance_clear_sessions() -> None:
+    services.expired_sessions_clear()
+
+
+@shared_task(name="accounts.maintenance_delete_unverified", idempotent=True)
+def maintenance_delete_unverified() -> int:
+    return services.unverified_accounts_delete(
+        older_than=timedelta(days=settings.UNVERIFIED_ACCOUNT_DAYS)
+    )
+
+
+@shared_task(name="accounts.maintenance_prune_email_bodies", idempotent=True)
+def maintenance_prune_email_bodies() -> int:
+    return emails.email_bodies_prune(older_than_days=settings.EMAIL_BODY_RETENTION_DAYS)
+
+
+# Daily, at quiet hours (UTC), each dropped if it could not start within an hour: the next day's
+# run does the same work on fresher data.
+for job_name, task_name, minute in (
+    ("accounts.clear-expired-sessions", maintenance_clear_sessions.name, 5),
+    ("accounts.delete-unverified-accounts", maintenance_delete_unverified.name, 25),
+    ("accounts.prune-email-bodies", maintenance_prune_email_bodies.name, 45),
+):
+    periodic_job_register(
+        PeriodicJob(
+            name=job_name,
+            task=task_name,
+            schedule=crontab(minute=minute, hour=3),
+            expires_seconds=3600,
+            queue="maintenance",
+        )
+    )

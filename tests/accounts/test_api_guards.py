@@ -1,0 +1,302 @@
+"""No enumeration, abuse limits, expiring single-use tokens, and 4xx for every bad input."""
+
+import json
+import statistics
+import time
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core import signing
+
+from accounts import tokens
+from accounts.models import ApiToken, EmailDelivery
+
+User = get_user_model()
+PASSWORD = "correct horse battery staple"
+VERIFIED = "2026-01-01T00:00Z"
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(client, path, body, **extra):
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    return client.post(f"/api/v1/{path}", data, content_type="application/json", **extra)
+
+
+@pytest.fixture
+def known_users():
+    User.objects.create_user("verified@example.com", PASSWORD, email_verified_at=VERIFIED)
+    User.objects.create_user("unverified@example.com", PASSWORD)
+
+
+# --- enumeration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["auth/signup", "auth/resend-verification", "auth/password-reset"])
+def test_known_unknown_and_unverified_addresses_get_the_same_answer(client, known_users, path):
+    answers = set()
+    for email in ("verified@example.com", "unverified@example.com", "stranger@example.com"):
+        response = post(client, path, {"email": email, "password": "a good long passphrase"})
+        answers.add((response.status_code, response.content))
+    assert len(answers) == 1
+    assert answers.pop()[0] == 202
+
+
+def test_signup_takes_about_as_long_for_a_taken_address_as_for_a_new_one(client, known_users):
+    # the password is hashed on both paths; without that, "taken" answers ~100x faster
+    def timed(email: str) -> float:
+        started = time.perf_counter()
+        post(client, "auth/signup", {"email": email, "password": "a good long passphrase"})
+        return time.perf_counter() - started
+
+    taken = statistics.median(timed("verified@example.com") for _ in range(5))
+    fresh = statistics.median(timed(f"new{i}@example.com") for i in range(5))
+    assert 0.5 < taken / fresh < 2.0, (taken, fresh)
+
+
+def test_login_answers_the_same_for_an_unknown_address_and_a_wrong_password(client, known_users):
+    unknown = post(client, "auth/login", {"email": "stranger@example.com", "password": PASSWORD})
+    wrong = post(
+        client, "auth/login", {"email": "verified@example.com", "password": "not it at all"}
+    )
+    assert unknown.status_code == wrong.status_code == 400
+    assert (
+        unknown.json()
+        == wrong.json()
+        == {"detail": "Email or password is incorrect.", "errors": {}}
+    )
+
+
+def test_an_unverified_account_gets_403_only_after_the_right_password(client, known_users):
+    wrong = post(client, "auth/login", {"email": "unverified@example.com", "password": "nope nope"})
+    right = post(client, "auth/login", {"email": "unverified@example.com", "password": PASSWORD})
+    assert wrong.status_code == 400
+    assert right.status_code == 403
+    assert not ApiToken.objects.exists()
+
+
+# --- abuse limits --------------------------------------------------------------------------
+
+
+def test_reset_requests_are_limited_per_address_with_retry_after(client, settings, known_users):
+    settings.ACCOUNT_EMAIL_RATE_PER_ADDRESS = "3/h"
+    statuses = [
+        post(client, "auth/password-reset", {"email": "verified@example.com"}).status_code
+        for _ in range(4)
+    ]
+    assert statuses == [202, 202, 202, 429]
+    refused = post(client, "auth/password-reset", {"email": "Verified@Example.com"})
+    assert refused.status_code == 429
+    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert refused.json()["detail"].startswith("Too many attempts")
+    assert EmailDelivery.objects.count() == 3
+    # another address is not affected
+    assert post(client, "auth/password-reset", {"email": "other@example.com"}).status_code == 202
+
+
+def test_resend_is_limited_per_client_ip(client, settings):
+    settings.ACCOUNT_EMAIL_RATE_PER_IP = "2/m"
+    statuses = [
+        post(client, "auth/resend-verification", {"email": f"u{i}@example.com"}).status_code
+        for i in range(3)
+    ]
+    assert statuses == [202, 202, 429]
+    # a different client is not affected
+    other = post(
+        client, "auth/resend-verification", {"email": "x@example.com"}, REMOTE_ADDR="10.9.9.9"
+    )
+    assert other.status_code == 202
+
+
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(client, settings):
+    settings.ACCOUNT_EMAIL_RATE_PER_IP = "1/m"
+    # from an untrusted client, a forged header does not buy a fresh quota
+    first = post(
+        client,
+        "auth/resend-verification",
+        {"email": "a@example.com"},
+        HTTP_X_FORWARDED_FOR="1.1.1.1",
+    )
+    forged = post(
+        client,
+        "auth/resend-verification",
+        {"email": "b@example.com"},
+        HTTP_X_FORWARDED_FOR="2.2.2.2",
+    )
+    assert (first.status_code, forged.status_code) == (202, 429)
+    # behind the trusted proxy, each real client has its own quota
+    settings.TRUSTED_PROXIES = ["10.0.0.1"]
+    behind = {"REMOTE_ADDR": "10.0.0.1"}
+    one = post(
+        client,
+        "auth/resend-verification",
+        {"email": "c@example.com"},
+        HTTP_X_FORWARDED_FOR="3.3.3.3",
+        **behind,
+    )
+    two = post(
+        client,
+        "auth/resend-verification",
+        {"email": "d@example.com"},
+        HTTP_X_FORWARDED_FOR="4.4.4.4",
+        **behind,
+    )
+    again = post(
+        client,
+        "auth/resend-verification",
+        {"email": "e@example.com"},
+        HTTP_X_FORWARDED_FOR="9.9.9.9, 4.4.4.4",
+        **behind,
+    )
+    assert (one.status_code, two.status_code, again.status_code) == (202, 202, 429)
+
+
+def test_limits_fail_open_when_redis_is_down_so_resets_still_work(
+    client, redis_server, known_users
+):
+    redis_server.stop()
+    response = post(client, "auth/password-reset", {"email": "verified@example.com"})
+    assert response.status_code == 202
+    assert EmailDelivery.objects.filter(kind="password_reset").exists()
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+def test_expired_tampered_and_foreign_tokens_are_refused(client, settings, known_users):
+    user = User.objects.get(email="unverified@example.com")
+    good = tokens.token_make(purpose=tokens.PURPOSE_VERIFY, user=user)
+    reset = tokens.token_make(purpose=tokens.PURPOSE_RESET, user=user)
+    tampered = good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")
+    forged = signing.dumps(
+        {"u": user.pk, "s": "x"}, salt=tokens.PURPOSE_VERIFY, key="not-our-secret"
+    )
+    for bad in (tampered, forged, reset, "", "garbage", "a" * 600):
+        response = post(client, "auth/verify-email", {"token": bad})
+        assert response.status_code == 400, bad
+    settings.EMAIL_VERIFICATION_MAX_AGE = 0
+    time.sleep(1.1)
+    expired = post(client, "auth/verify-email", {"token": good})
+    assert expired.status_code == 400
+    assert "expired" in expired.json()["detail"]
+
+
+def test_a_reset_token_is_single_use_and_dies_when_the_password_changes_anyway(client, known_users):
+    user = User.objects.get(email="verified@example.com")
+    token = tokens.token_make(purpose=tokens.PURPOSE_RESET, user=user)
+    user.set_password("changed some other way")
+    user.save()
+    response = post(
+        client, "auth/password-reset/confirm", {"token": token, "password": "new passphrase 42"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"]["token"] == ["This link has already been used."]
+
+
+def test_a_weak_new_password_is_refused_with_the_validators_messages(client, known_users):
+    user = User.objects.get(email="verified@example.com")
+    token = tokens.token_make(purpose=tokens.PURPOSE_RESET, user=user)
+    response = post(client, "auth/password-reset/confirm", {"token": token, "password": "123"})
+    assert response.status_code == 400
+    assert any("too short" in message for message in response.json()["errors"]["password"])
+    assert User.objects.get(pk=user.pk).check_password(PASSWORD)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("{not json", 400),
+        ("", 400),
+        ("[1, 2]", 400),
+        ('"a string"', 400),
+        ("null", 400),
+        (b"\xff\xfe\x00garbage", 400),
+        ('{"email": "\\ud800@example.com", "password": "a good long passphrase"}', 400),
+        ('{"email": "a@example.com", "password": "\\udfff\\ud800 surrogates"}', 400),
+        ({"email": 42, "password": "a good long passphrase"}, 400),
+        ({"email": ["a@example.com"], "password": "a good long passphrase"}, 400),
+        ({"email": {"$gt": ""}, "password": "a good long passphrase"}, 400),
+        ({"email": "a@example.com", "password": None}, 400),
+        ({"email": "a@example.com", "password": 12345678}, 400),
+        (
+            {
+                "email": "a@example.com\r\nBcc: victim@example.com",
+                "password": "a good long passphrase",
+            },
+            400,
+        ),
+        ({"email": "a\x00@example.com", "password": "a good long passphrase"}, 400),
+        ({"email": "a@example.com", "password": "nul\x00inside the password"}, 400),
+        ({"email": "x" * 10_000 + "@example.com", "password": "a good long passphrase"}, 400),
+        ({"email": "a@example.com", "password": "p" * 100_000}, 400),
+        ({"email": "a@example.com"}, 400),
+        ({}, 400),
+        ({"email": "not-an-address", "password": "a good long passphrase"}, 400),
+        # An internationalised domain is an address; a non-ASCII local part needs SMTPUTF8,
+        # which not every server speaks, so it is refused up front.
+        ({"email": "ada@exämple.com", "password": "a good long passphrase"}, 202),
+        ({"email": "ünïcödé@example.com", "password": "a good long passphrase"}, 400),
+        ({"email": "zero\u200bwidth@example.com", "password": "a good long passphrase"}, 400),
+    ],
+)
+def test_bad_signup_bodies_get_a_clear_4xx_and_never_a_500(client, body, status):
+    response = post(client, "auth/signup", body)
+    assert response.status_code == status, response.content
+    payload = response.json()
+    assert set(payload) == ({"detail", "errors"} if status >= 400 else {"detail"})
+    if status >= 400:
+        assert payload["detail"]
+
+
+def test_a_body_over_the_upload_limit_is_refused_with_413(client, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post(client, "auth/signup", {"email": "a@example.com", "password": "x" * 5000})
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["auth/verify-email", "auth/password-reset/confirm", "auth/login", "auth/password-reset"],
+)
+def test_every_public_endpoint_refuses_garbage_with_400(client, path):
+    for body in ("{", "[]", {"token": 5, "email": 5, "password": 5}, {"token": ["x"]}):
+        response = post(client, path, body)
+        assert response.status_code == 400, (path, body, response.content)
+
+
+def test_other_methods_and_bad_bearers_are_4xx(client):
+    assert client.get("/api/v1/auth/signup").status_code == 405
+    assert client.get("/api/v1/me").status_code == 401
+    for header in ("Bearer", "Bearer a b", "Bearer \u00e9t\u00e9", "Bearer nonsense"):
+        assert client.get("/api/v1/me", HTTP_AUTHORIZATION=header).status_code == 401, header
+
+
+def test_unverified_accounts_are_deleted_after_the_grace_days(settings):
+    from accounts import services
+
+    old = User.objects.create_user("old@example.com", PASSWORD)
+    User.objects.filter(pk=old.pk).update(date_joined=old.date_joined - timedelta(days=8))
+    User.objects.create_user("recent@example.com", PASSWORD)
+    User.objects.create_user("oldverified@example.com", PASSWORD, email_verified_at=VERIFIED)
+    User.objects.filter(email="oldverified@example.com").update(
+        date_joined=old.date_joined - timedelta(days=30)
+    )
+    assert services.unverified_accounts_delete(older_than=timedelta(days=7)) == 1
+    assert set(User.objects.values_list("email", flat=True)) == {
+        "recent@example.com",
+        "oldverified@example.com",
+    }
+
+
+def test_signup_and_login_have_their_own_abuse_limits(client, settings, known_users):
+    # signups for one address (each one emails its owner) are capped
+    settings.ACCOUNT_EMAIL_RATE_PER_ADDRESS = "2/h"
+    body = {"email": "verified@example.com", "password": "a good long passphrase"}
+    assert [post(client, "auth/signup", body).status_code for _ in range(3)] == [202, 202, 429]
+    # password guessing is capped too, counted apart from signups
+    settings.ACCOUNT_LOGIN_RATE_PER_ADDRESS = "3/h"
+    guess = {"email": "verified@example.com", "password": "guess guess guess"}
+    assert [post(client, "auth/login", guess).status_code for _ in range(4)] == [400, 400, 400, 429]
