@@ -214,7 +214,12 @@ CELERY_TASK_SEND_SENT_EVENT = True
 # A warm shutdown (SIGTERM) first lets running tasks finish for this many seconds, then
 # cancels them; with late acks the cancelled ones go back to the queue instead of being lost.
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=20)
-# Results are for the rare caller that waits; user-visible progress lives in status rows.
+# No results by default: user-visible progress lives in status rows, never in the result
+# backend. This also keeps publishing independent of the result store: with results on, the
+# Redis backend subscribes to every published task's result channel, so a web process whose
+# Redis is down blocks ~20 s on each publish before giving up. Tasks whose results a canvas
+# needs (a chord's header) set ignore_result=False themselves.
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_EXPIRES = 24 * 3600
 # Keep retrying the broker at start-up instead of crashing a worker that came up first.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -112,6 +112,9 @@ def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) ->
             retry=False,
             # Bounds the wait for the broker's socket in the request (kombu's default is none).
             timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
+            # send_task does not read the task's setting; without it, publishing would first
+            # subscribe to the result channel, which blocks for seconds when Redis is down.
+            ignore_result=getattr(app.tasks.get(message.task_name), "ignore_result", True),
         )
     except Exception as error:  # any broker failure: connection, timeout, protocol
         publish_circuit.record_failure()
