@@ -294,6 +294,19 @@ ACCOUNT_LOGIN_RATE_PER_IP = env.str("ACCOUNT_LOGIN_RATE_PER_IP", default="100/h"
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 LOGIN_URL = "/login"
 
+# --- Media ----------------------------------------------------------------------------------
+
+# Largest accepted upload; refused from the Content-Length header before the body is read.
+UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=20 * 1024 * 1024)
+# Largest accepted image, checked from its header before any decoding: a 50 MP RGB image
+# decodes to ~150 MB in a worker, and a "decompression bomb" is a small file claiming far more.
+UPLOAD_MAX_PIXELS = env.int("UPLOAD_MAX_PIXELS", default=50_000_000)
+# Bytes of originals one user may keep.
+UPLOAD_QUOTA_BYTES = env.int("UPLOAD_QUOTA_BYTES", default=1024 * 1024 * 1024)
+# When set (e.g. "/protected-media/"), the web process answers a file request with an
+# X-Accel-Redirect to this internal nginx location instead of streaming the file itself.
+MEDIA_ACCEL_REDIRECT_PREFIX = env.str("MEDIA_ACCEL_REDIRECT_PREFIX", default="")
+
 # --- API ------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {

@@ -1,0 +1,118 @@
+"""The uploads API (DESIGN §5): validate, call a service, answer from the status row."""
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from media import services
+from media.models import Upload
+
+# Multipart framing (boundaries, part headers) around the file; generous on purpose.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    original = serializers.SerializerMethodField()
+    variants = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Upload
+        fields = ["id", "status", "progress", "original", "variants", "error", "created_at"]
+
+    def get_original(self, upload: Upload) -> dict | None:
+        if upload.status != Upload.Status.READY:
+            return None
+        return {
+            "url": self._url(upload, "original"),
+            "width": upload.width,
+            "height": upload.height,
+        }
+
+    def get_variants(self, upload: Upload) -> dict:
+        return {
+            variant.name: {
+                "url": self._url(upload, variant.name),
+                "width": variant.width,
+                "height": variant.height,
+            }
+            for variant in upload.variants.all()
+        }
+
+    def _url(self, upload: Upload, name: str) -> str:
+        path = reverse("media:file", kwargs={"upload_id": upload.pk, "name": name})
+        return self.context["request"].build_absolute_uri(path)
+
+
+UploadRequest = inline_serializer("UploadRequest", {"file": serializers.FileField()})
+
+
+class UploadOwnedMixin:
+    def owned(self, request: Request, upload_id) -> Upload:
+        # Someone else's upload and no upload answer alike: 404, revealing nothing.
+        upload = (
+            Upload.objects.filter(pk=upload_id, owner=request.user)
+            .prefetch_related("variants")
+            .first()
+        )
+        if upload is None:
+            raise exceptions.NotFound("No such upload.")
+        return upload
+
+
+class UploadListCreateView(UploadOwnedMixin, ListAPIView):
+    serializer_class = UploadSerializer
+    parser_classes = [MultiPartParser]
+
+    def get_queryset(self):
+        return Upload.objects.filter(owner=self.request.user).prefetch_related("variants")
+
+    @extend_schema(
+        request={"multipart/form-data": UploadRequest}, responses={202: UploadSerializer}
+    )
+    def post(self, request: Request) -> Response:
+        # Refuse an oversized body from its declared length, before reading any of it.
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > settings.UPLOAD_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
+            raise RequestEntityTooLarge(services.upload_too_large_message())
+        file = request.FILES.get("file")
+        if file is None:
+            raise exceptions.ValidationError(
+                {"file": ["Attach the image as the form field 'file'."]}
+            )
+        try:
+            upload = services.upload_create(owner=request.user, file=file)
+        except services.UploadRejected as rejection:
+            raise UploadRefused(str(rejection), status_code=rejection.status) from rejection
+        body = UploadSerializer(upload, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class UploadDetailView(UploadOwnedMixin, APIView):
+    @extend_schema(responses={200: UploadSerializer})
+    def get(self, request: Request, upload_id) -> Response:
+        upload = self.owned(request, upload_id)
+        return Response(UploadSerializer(upload, context={"request": request}).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, upload_id) -> Response:
+        services.upload_delete(upload=self.owned(request, upload_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RequestEntityTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
+
+
+class UploadRefused(exceptions.APIException):
+    default_code = "upload_refused"
+
+    def __init__(self, detail: str, *, status_code: int) -> None:
+        super().__init__(detail)
+        self.status_code = status_code

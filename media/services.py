@@ -1,0 +1,237 @@
+"""Uploads: accept on the request path (cheap, strict), process as a Celery canvas.
+
+    normalize -> group(one task per variant) -> finalize -> notify
+
+Each step is idempotent: it writes deterministic paths (re-running rewrites the same files),
+records its result with an upsert, and guards its status transition, so a step delivered
+twice (a worker killed mid-task, a relay re-publish) leaves the same state as once.
+"""
+
+import logging
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+from celery import chain, chord, group
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models import Sum
+from django.dispatch import Signal
+from django.utils import timezone
+
+from media.images import (
+    VARIANTS,
+    VARIANTS_BY_NAME,
+    ImageRejected,
+    image_header_read,
+    image_normalize,
+    image_variant_make,
+)
+from media.models import Upload, UploadVariant
+
+logger = logging.getLogger(__name__)
+
+# Sent once per upload when it is ready: the notifications app connects here (kwargs: upload).
+upload_ready = Signal()
+
+# Share of the progress bar the normalize step stands for; the variants split the rest.
+NORMALIZED_PROGRESS = 20
+
+
+class UploadRejected(Exception):
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- paths: all under MEDIA_ROOT, all derived from the upload's random id -----------------
+
+
+def upload_folder(upload_id: UUID | str) -> Path:
+    return Path(settings.MEDIA_ROOT) / "uploads" / str(upload_id)
+
+
+def upload_file_path(upload_id: UUID | str, name: str) -> Path | None:
+    """The file for "original" or a variant name, whatever its suffix; None if not there."""
+    for candidate in sorted(upload_folder(upload_id).glob(f"{name}.*")):
+        if candidate.suffix in (".jpg", ".png"):
+            return candidate
+    return None
+
+
+def _source_path(upload_id: UUID | str) -> Path:
+    # The bytes as uploaded (metadata and all): deleted once the normalized original exists.
+    return upload_folder(upload_id) / "source.upload"
+
+
+# --- request path -------------------------------------------------------------------------
+
+
+def upload_create(*, owner, file: UploadedFile) -> Upload:
+    """Validate and store an upload, and start its processing after commit.
+
+    Raises UploadRejected (413 too large, 415 not an accepted image, 400 unreadable or over
+    quota) before anything is stored.
+    """
+    if file.size > settings.UPLOAD_MAX_BYTES:
+        raise UploadRejected(upload_too_large_message(), status=413)
+    if file.size == 0:
+        raise UploadRejected("The file is empty.", status=400)
+    used = Upload.objects.filter(owner=owner).aggregate(total=Sum("source_bytes"))["total"] or 0
+    if used + file.size > settings.UPLOAD_QUOTA_BYTES:
+        raise UploadRejected("Your storage is full: delete some uploads to make room.", status=400)
+    upload = Upload(owner=owner, source_format="", source_bytes=file.size)
+    source = _source_path(upload.pk)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("wb") as destination:
+        for chunk in file.chunks():
+            destination.write(chunk)
+    try:
+        header = image_header_read(source, max_pixels=settings.UPLOAD_MAX_PIXELS)
+    except ImageRejected as rejection:
+        shutil.rmtree(upload_folder(upload.pk), ignore_errors=True)
+        raise UploadRejected(str(rejection), status=rejection.status) from rejection
+    upload.source_format = header.format
+    upload.width, upload.height = header.width, header.height
+    try:
+        with transaction.atomic():
+            upload.save(force_insert=True)
+            transaction.on_commit(lambda: upload_pipeline_start(upload_id=upload.pk))
+    except BaseException:
+        shutil.rmtree(upload_folder(upload.pk), ignore_errors=True)
+        raise
+    return upload
+
+
+def upload_too_large_message() -> str:
+    return f"The file is larger than {settings.UPLOAD_MAX_BYTES // (1024 * 1024)} MB."
+
+
+def upload_pipeline_start(*, upload_id: UUID) -> None:
+    """Publish the canvas. Also the admin's "process again": every step is idempotent."""
+    from media import tasks
+
+    canvas = chain(
+        tasks.normalize.si(str(upload_id)),
+        chord(
+            group(tasks.make_variant.si(str(upload_id), spec.name) for spec in VARIANTS),
+            tasks.finalize.si(str(upload_id)),
+        ),
+        tasks.notify.si(str(upload_id)),
+    )
+    canvas.apply_async()
+
+
+def upload_delete(*, upload: Upload) -> None:
+    """The row goes now (the user sees it gone at once); the files go in the background."""
+    from media import tasks
+
+    upload_id = str(upload.pk)
+    with transaction.atomic():
+        upload.delete()
+        transaction.on_commit(lambda: tasks.delete_files.delay(upload_id))
+
+
+def upload_files_delete(*, upload_id: str) -> None:
+    # Idempotent: a second run finds nothing to remove.
+    shutil.rmtree(upload_folder(upload_id), ignore_errors=True)
+
+
+# --- pipeline steps -------------------------------------------------------------------------
+
+
+def upload_normalize(*, upload_id: str) -> None:
+    upload = _live_upload(upload_id)
+    if upload is None:
+        return
+    Upload.objects.filter(pk=upload_id, status=Upload.Status.QUEUED).update(
+        status=Upload.Status.PROCESSING, updated_at=timezone.now()
+    )
+    source = _source_path(upload_id)
+    if not source.exists() and upload_file_path(upload_id, "original") is not None:
+        return  # redelivered after the source was already normalized and removed
+    original, width, height = image_normalize(source, upload_folder(upload_id) / "original")
+    Upload.objects.filter(pk=upload_id).update(
+        width=width,
+        height=height,
+        original_bytes=original.stat().st_size,
+        progress=NORMALIZED_PROGRESS,
+        updated_at=timezone.now(),
+    )
+    source.unlink(missing_ok=True)  # it still carries the GPS position
+
+
+def upload_variant_make(*, upload_id: str, name: str) -> None:
+    upload = _live_upload(upload_id)
+    if upload is None:
+        return
+    original = upload_file_path(upload_id, "original")
+    if original is None:
+        raise FileNotFoundError(f"normalized original of {upload_id} is missing")
+    path, width, height = image_variant_make(
+        original, upload_folder(upload_id) / name, VARIANTS_BY_NAME[name]
+    )
+    with transaction.atomic():
+        UploadVariant.objects.update_or_create(
+            upload_id=upload_id,
+            name=name,
+            defaults={"width": width, "height": height, "bytes": path.stat().st_size},
+        )
+        done = UploadVariant.objects.filter(upload_id=upload_id).count()
+        progress = NORMALIZED_PROGRESS + (100 - NORMALIZED_PROGRESS - 1) * done // len(VARIANTS)
+        # Only ever forward: variants finish in any order, and a late one must not move it back.
+        Upload.objects.filter(pk=upload_id, progress__lt=progress).update(
+            progress=progress, updated_at=timezone.now()
+        )
+
+
+def upload_finalize(*, upload_id: str) -> bool:
+    """Mark ready once every variant exists. True only for the call that made it ready."""
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
+        if upload is None or upload.status == Upload.Status.READY:
+            return False
+        names = set(
+            UploadVariant.objects.filter(upload_id=upload_id).values_list("name", flat=True)
+        )
+        missing = {spec.name for spec in VARIANTS} - names
+        if missing:
+            raise FileNotFoundError(f"variants {sorted(missing)} of {upload_id} are missing")
+        upload.status = Upload.Status.READY
+        upload.progress = 100
+        upload.error = ""
+        upload.ready_at = timezone.now()
+        upload.save(update_fields=["status", "progress", "error", "ready_at", "updated_at"])
+    return True
+
+
+def upload_notify(*, upload_id: str) -> None:
+    upload = Upload.objects.filter(pk=upload_id, status=Upload.Status.READY).first()
+    if upload is not None:
+        upload_ready.send(sender=Upload, upload=upload)
+
+
+def upload_fail(*, upload_id: str, reason: str) -> None:
+    Upload.objects.filter(pk=upload_id).exclude(status=Upload.Status.READY).update(
+        status=Upload.Status.FAILED, error=reason[:2000], updated_at=timezone.now()
+    )
+
+
+def upload_reprocess(*, upload: Upload) -> None:
+    """Run the pipeline again (admin). Needs the original or the source still on disk."""
+    Upload.objects.filter(pk=upload.pk).update(
+        status=Upload.Status.QUEUED, progress=0, error="", updated_at=timezone.now()
+    )
+    UploadVariant.objects.filter(upload=upload).delete()
+    source = _source_path(upload.pk)
+    original = upload_file_path(upload.pk, "original")
+    if not source.exists() and original is not None:
+        # Normalizing the normalized original gives the same image: the pipeline starts there.
+        shutil.copyfile(original, source)
+    transaction.on_commit(lambda: upload_pipeline_start(upload_id=upload.pk))
+
+
+def _live_upload(upload_id: str) -> Upload | None:
+    # Deleted while queued: nothing to do, and the file cleanup task removes what is left.
+    return Upload.objects.filter(pk=upload_id).first()

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from media import api, views
+
+app_name = "media"
+
+api_urlpatterns = [
+    path("uploads", api.UploadListCreateView.as_view(), name="api-uploads"),
+    path("uploads/<uuid:upload_id>", api.UploadDetailView.as_view(), name="api-upload"),
+]
+
+urlpatterns = [
+    path("files/<uuid:upload_id>/<str:name>", views.UploadFileView.as_view(), name="file"),
+]
