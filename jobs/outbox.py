@@ -21,7 +21,7 @@ from typing import Any
 
 from celery import Task
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -122,10 +122,21 @@ def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) ->
         _release_claim(message, error=repr(error))
         return False
     publish_circuit.record_success()
-    OutboxMessage.objects.filter(pk=message.pk).update(
-        status=OutboxMessage.Status.PUBLISHED, published_at=timezone.now(), claimed_until=None
-    )
+    _mark_published(message)
     return True
+
+
+def _mark_published(message: OutboxMessage) -> None:
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # This commit need not wait for the disk: if a crash loses it, the row just stays
+            # pending and the relay publishes it again after CLAIM_SECONDS, a duplicate every
+            # task already tolerates. It halves the outbox's cost per task (bench/queue.py).
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        OutboxMessage.objects.filter(pk=message.pk).update(
+            status=OutboxMessage.Status.PUBLISHED, published_at=timezone.now(), claimed_until=None
+        )
 
 
 def _release_claim(message: OutboxMessage, *, error: str) -> None:

@@ -1,0 +1,493 @@
+"""Plain Celery `delay()` against the durable `jobs.outbox.enqueue()`, for no-op tasks.
+
+Starts its own redis-server, database (a SQLite file in a temporary folder, or DATABASE_URL)
+and `celery worker`, then prints one table: enqueue rate, enqueue-to-start latency and drain
+rate of both paths, their ratios, and whether the durable path meets its targets. It asserts
+nothing: timings belong to the machine they were taken on.
+
+    .venv/bin/python bench/queue.py [--tasks 2000]
+"""
+
+import sys
+from pathlib import Path
+
+# `python bench/queue.py` puts bench/ first on sys.path, where this file would shadow the
+# standard library's `queue`, which Celery and kombu import. The repository root goes there
+# instead, so `config`, `jobs` and `bench.tasks` import as they do in the worker.
+sys.path.pop(0)  # this file's folder (with `python -m`, the working directory)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import celery
+import django
+import kombu
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TASKS = 2000
+# Enough for both pool processes to have run tasks, and for the broker and database connections
+# to be open, before anything is timed.
+WARM_UP_TASKS = 200
+# Backlogs per path, taking turns with the other path: load from other processes on the machine
+# drifts over seconds, and five turns spread it over both paths instead of favouring one.
+ROUNDS = 5
+# The Procfile's worker at its default size.
+WORKER_CONCURRENCY = 2
+# The issue's targets for the durable path.
+MAX_EXTRA_MS_PER_TASK = 2.0
+MIN_DRAIN_RATIO = 0.8
+# A no-op starts within milliseconds; one that has not started after this long (or a backlog
+# that made no progress for this long) means the worker is stuck, not slow.
+STUCK_SECONDS = 30.0
+# redis-server and a prefork worker start in seconds; beyond this they failed.
+START_TIMEOUT_SECONDS = 60.0
+
+Publish = Callable[[str], None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tasks", type=int, default=DEFAULT_TASKS, help=f"tasks per measurement ({DEFAULT_TASKS})"
+    )
+    tasks = parser.parse_args().tasks
+    if tasks < 2:
+        parser.error("--tasks must be at least 2: a drain rate needs two starts")
+    # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop the worker and redis-server
+    # instead of orphaning them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+    workdir = Path(tempfile.mkdtemp(prefix="celery-saas-bench-"))
+    database_given = "DATABASE_URL" in os.environ
+    redis_server = worker = None
+    try:
+        redis_port = _free_port()
+        redis_server = _start_redis(port=redis_port, workdir=workdir)
+        _configure_environment(redis_url=f"redis://127.0.0.1:{redis_port}/0", workdir=workdir)
+        _migrate()
+        django.setup()
+        _forget_bench_rows()  # left by a killed earlier run on the same DATABASE_URL
+        worker = Worker(logfile=workdir / "worker.log").start()
+        try:
+            measure = Measure(worker=worker, broker=redis.Redis(port=redis_port))
+            _run(tasks=tasks, measure=measure, database_given=database_given)
+        finally:
+            _forget_bench_rows()
+    finally:
+        if worker is not None:
+            worker.stop()
+        if redis_server is not None:
+            _stop(redis_server)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(*, tasks: int, measure: "Measure", database_given: bool) -> None:
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from bench.tasks import noop
+    from jobs.outbox import enqueue
+
+    def plain(run: str) -> None:
+        # Outside any transaction: inside one, the project's base task defers the publish to
+        # on_commit, which is no longer the plain baseline.
+        noop.delay(run=run, enqueued_at=time.time())
+
+    def durable(run: str) -> None:
+        enqueued_at = time.time()  # the request's transaction starts here
+        with transaction.atomic():
+            enqueue(noop, run=run, enqueued_at=enqueued_at)
+
+    paths = {"plain": plain, "durable": durable}
+    _print_header(tasks=tasks, database_given=database_given)
+    for _ in range(WARM_UP_TASKS):
+        for publish in paths.values():
+            measure.latency(publish)
+    with CaptureQueriesContext(connection) as queries:
+        measure.latency(durable)
+
+    # The two paths take turns, task by task for the latency and round by round for the
+    # backlogs, so load that comes and goes on the machine weighs on both alike.
+    latencies = {name: [] for name in paths}
+    for _ in range(tasks):
+        for name, publish in paths.items():
+            latencies[name].append(measure.latency(publish))
+    publish_seconds = dict.fromkeys(paths, 0.0)
+    drain_seconds = dict.fromkeys(paths, 0.0)
+    drained = dict.fromkeys(paths, 0)
+    for turn, size in enumerate(_round_sizes(tasks)):
+        for name in list(paths)[:: 1 if turn % 2 == 0 else -1]:
+            published_in, drained_in = measure.backlog(paths[name], size)
+            publish_seconds[name] += published_in
+            drain_seconds[name] += drained_in
+            # Between a round's first and last start lie size - 1 whole tasks; the last one's
+            # own run is a no-op's, too short to count.
+            drained[name] += size - 1
+
+    results = {
+        name: {
+            "enqueue_rate": tasks / publish_seconds[name],
+            "ms_per_enqueue": publish_seconds[name] / tasks * 1000,
+            "p50_ms": _percentile(latencies[name], 50) * 1000,
+            "p99_ms": _percentile(latencies[name], 99) * 1000,
+            "drain_rate": drained[name] / drain_seconds[name],
+        }
+        for name in paths
+    }
+    _print_results(results, statements=[query["sql"] for query in queries.captured_queries])
+
+
+def _round_sizes(tasks: int) -> list[int]:
+    """`tasks` split into ROUNDS backlogs of at least two tasks (a drain needs two starts)."""
+    rounds = min(ROUNDS, tasks // 2)
+    return [tasks // rounds + (1 if turn < tasks % rounds else 0) for turn in range(rounds)]
+
+
+class Measure:
+    """The measurements. The no-op task reports its start into a Redis list named after the
+    measurement's run, which this process reads."""
+
+    def __init__(self, *, worker: "Worker", broker: redis.Redis) -> None:
+        self.worker = worker
+        self.broker = broker
+
+    def latency(self, publish: Publish) -> float:
+        """Seconds from the caller starting to enqueue one task to the worker starting it,
+        with nothing else in flight: the path's own latency, not time queued behind others."""
+        run = uuid.uuid4().hex
+        publish(run)
+        popped = self.broker.blpop([f"bench:{run}"], timeout=STUCK_SECONDS)
+        if popped is None:
+            raise RuntimeError(f"a task did not start:\n{self.worker.log_tail()}")
+        enqueued_at, started_at = (float(stamp) for stamp in popped[1].split())
+        return started_at - enqueued_at
+
+    def backlog(self, publish: Publish, count: int) -> tuple[float, float]:
+        """Publish `count` tasks while the worker consumes nothing, then let it drain them.
+
+        Returns the seconds publishing took (each task its own call, as requests make them)
+        and the seconds from the first task's start to the last one's. The backlog is complete
+        before the first task starts, so the drain times the worker alone, not the publisher.
+        """
+        run = uuid.uuid4().hex
+        self.worker.pause()
+        try:
+            started = time.perf_counter()
+            for _ in range(count):
+                publish(run)
+            publish_seconds = time.perf_counter() - started
+            if self.broker.llen(f"bench:{run}"):
+                raise RuntimeError("the worker ran tasks while paused: the drain is not measurable")
+        finally:
+            self.worker.resume()
+        starts = sorted(started_at for _, started_at in self._records(run, count))
+        return publish_seconds, starts[-1] - starts[0]
+
+    def _records(self, run: str, count: int) -> list[tuple[float, float]]:
+        key = f"bench:{run}"
+        done, progress_at = 0, time.monotonic()
+        while done < count:
+            time.sleep(0.05)  # 20 polls a second cost the worker nothing measurable
+            now_done = self.broker.llen(key)
+            if now_done > done:
+                done, progress_at = now_done, time.monotonic()
+            elif time.monotonic() - progress_at > STUCK_SECONDS:
+                raise RuntimeError(f"{count - done} tasks never ran:\n{self.worker.log_tail()}")
+        entries = self.broker.lrange(key, 0, -1)
+        return [tuple(float(stamp) for stamp in entry.split()) for entry in entries]
+
+
+class Worker:
+    """One `celery -A config worker` on every queue, prefork, as the Procfile runs it."""
+
+    def __init__(self, *, logfile: Path) -> None:
+        self.name = f"bench-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        self.logfile = logfile
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Worker":
+        from django.conf import settings
+
+        from config.celery import app
+
+        command = [
+            sys.executable, "-m", "celery", "-A", "config", "worker",
+            "--hostname", self.name, "--queues", ",".join(settings.JOB_QUEUES),
+            "--concurrency", str(WORKER_CONCURRENCY), "--pool", "prefork",
+            "--include", "bench.tasks", "--loglevel", "INFO",
+            # No pool process recycling during the run: a recycle held the task already handed
+            # to the departing process for about 3 s here, which would land on whichever path's
+            # backlog crossed the limit and swamp the difference between the paths.
+            "--max-tasks-per-child", str(10**9),
+            # A lone worker has no peers to synchronise with; skip the start-up wait.
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        with self.logfile.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not app.control.ping(destination=[self.name], timeout=0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker never answered a ping:\n{self.log_tail()}")
+        return self
+
+    def pause(self) -> None:
+        self._control("cancel_consumer")
+
+    def resume(self) -> None:
+        self._control("add_consumer")
+
+    def _control(self, command: str) -> None:
+        from bench.tasks import noop
+        from config.celery import app
+
+        queue = app.amqp.router.route({}, noop.name)["queue"].name
+        replies = getattr(app.control, command)(
+            queue, destination=[self.name], reply=True, timeout=5
+        )
+        if not replies:
+            raise RuntimeError(f"the worker did not answer {command}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- set-up -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_redis(*, port: int, workdir: Path) -> subprocess.Popen:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
+    command = [
+        executable, "--port", str(port), "--bind", "127.0.0.1",
+        # In memory only, like the broker the tests use: persistence would time the disk.
+        "--save", "", "--appendonly", "no", "--dir", str(workdir),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                _stop(process)
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.05)
+
+
+def _configure_environment(*, redis_url: str, workdir: Path) -> None:
+    """Point this process, `migrate` and the worker at the private Redis and the database.
+
+    Set, not defaulted: a developer's .env must not send the benchmark to real services. Only
+    DATABASE_URL comes from the shell, to benchmark PostgreSQL.
+    """
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+            "DATABASE_URL": os.environ.get("DATABASE_URL")
+            or f"sqlite:///{workdir / 'bench.sqlite3'}",
+            # Production mode: with DEBUG on, Django would keep every SQL statement in memory.
+            "DEBUG": "0",
+            "SECRET_KEY": "bench-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
+            "SECURE_SSL_REDIRECT": "0",
+        }
+    )
+
+
+def _migrate() -> None:
+    # In a subprocess, before this process sets Django up: as a deploy's one-shot migrate does.
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode:
+        raise RuntimeError(f"migrate failed:\n{result.stdout}{result.stderr}")
+
+
+def _forget_bench_rows() -> None:
+    """Delete the outbox rows the benchmark wrote; on a DATABASE_URL they would outlive it."""
+    from bench.tasks import noop
+    from jobs.models import OutboxMessage
+
+    OutboxMessage.objects.filter(task_name=noop.name).delete()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    # SIGTERM first: a worker's warm shutdown, redis-server's clean exit.
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _print_header(*, tasks: int, database_given: bool) -> None:
+    from django.conf import settings
+    from django.db import connection
+
+    command = shlex.join(
+        [os.path.relpath(sys.executable, REPO_ROOT), "bench/queue.py", "--tasks", str(tasks)]
+    )
+    if database_given:
+        where = _without_password(os.environ["DATABASE_URL"])
+        reproduce = [f"DATABASE_URL={shlex.quote(where)} {command}"]
+    else:
+        where = "a file in a temporary folder"
+        reproduce = [
+            command,
+            f"DATABASE_URL=postgres://USER:PASSWORD@HOST:5432/NAME {command}  # on PostgreSQL",
+        ]
+    # How commits reach the disk decides what each transaction costs.
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA journal_mode")
+            journal = cursor.fetchone()[0]
+            cursor.execute("PRAGMA synchronous")
+            synchronous = ["OFF", "NORMAL", "FULL", "EXTRA"][cursor.fetchone()[0]]
+            database = (
+                f"SQLite {connection.Database.sqlite_version}, journal {journal}, "
+                f"synchronous {synchronous}"
+            )
+        else:
+            cursor.execute("SELECT version(), current_setting('synchronous_commit')")
+            server, synchronous_commit = cursor.fetchone()
+            database = f"{server.split(' on ')[0]}, synchronous_commit {synchronous_commit}"
+    redis_version = redis.Redis.from_url(settings.REDIS_URL).info("server")["redis_version"]
+
+    print("Plain Celery delay() vs durable jobs.outbox.enqueue(), no-op tasks")
+    print()
+    print(f"reproduce   cd {REPO_ROOT}")
+    for line in reproduce:
+        print(f"            {line}")
+    print(f"database    {database}, {where}")
+    # Other processes' load skews every figure; the reader should know it was there.
+    load = ", ".join(f"{average:.2f}" for average in os.getloadavg())
+    print(
+        f"machine     {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
+        f"load average {load} at the start"
+    )
+    print(
+        f"versions    Python {platform.python_version()}, Celery {celery.__version__}, "
+        f"kombu {kombu.__version__}, Django {django.__version__}, redis-server {redis_version}"
+    )
+    print(
+        f"worker      one, prefork, concurrency {WORKER_CONCURRENCY}, prefetch multiplier "
+        f"{settings.CELERY_WORKER_PREFETCH_MULTIPLIER}, all queues, no process recycling"
+    )
+    print(
+        f"method      {tasks} tasks per path and figure, after {WARM_UP_TASKS} warm-up tasks per "
+        "path; the paths take turns"
+    )
+    print(
+        "            enqueue rate: each task its own call (durable: its own transaction), published"
+    )
+    print(
+        f"                          in {len(_round_sizes(tasks))} backlogs while the worker "
+        "consumes nothing"
+    )
+    print("            latency:      caller starts enqueueing -> task starts, one task in flight")
+    print("            drain rate:   the worker on those backlogs, first start to last start")
+    print()
+
+
+def _print_results(results: dict[str, dict[str, float]], *, statements: list[str]) -> None:
+    plain, durable = results["plain"], results["durable"]
+    rows = [
+        ("enqueue rate (tasks/s)", "enqueue_rate", "{:.0f}"),
+        ("time per enqueue (ms)", "ms_per_enqueue", "{:.3f}"),
+        ("enqueue -> start p50 (ms)", "p50_ms", "{:.2f}"),
+        ("enqueue -> start p99 (ms)", "p99_ms", "{:.2f}"),
+        ("drain rate (tasks/s)", "drain_rate", "{:.0f}"),
+    ]
+    print(f"{'':36}{'plain delay()':>14}{'durable enqueue()':>19}{'durable/plain':>15}")
+    for label, key, number in rows:
+        print(
+            f"{label:36}{number.format(plain[key]):>14}{number.format(durable[key]):>19}"
+            f"{durable[key] / plain[key]:>15.2f}"
+        )
+    print()
+    extra_ms = durable["ms_per_enqueue"] - plain["ms_per_enqueue"]
+    drain_ratio = durable["drain_rate"] / plain["drain_rate"]
+    print(f"{'target (from the issue)':36}{'measured':>14}{'target':>19}{'verdict':>15}")
+    for label, measured, target, met in [
+        (
+            "extra cost of durable enqueue (ms)",
+            f"{extra_ms:+.3f}",
+            f"<= {MAX_EXTRA_MS_PER_TASK:g}",
+            extra_ms <= MAX_EXTRA_MS_PER_TASK,
+        ),
+        (
+            "drain rate durable/plain",
+            f"{drain_ratio:.2f}",
+            f">= {MIN_DRAIN_RATIO:g}",
+            drain_ratio >= MIN_DRAIN_RATIO,
+        ),
+    ]:
+        print(f"{label:36}{measured:>14}{target:>19}{'met' if met else 'MISSED':>15}")
+    print()
+    print(f"SQL per durable enqueue: {'; '.join(_statement_head(sql) for sql in statements)}")
+
+
+def _statement_head(sql: str) -> str:
+    """`INSERT INTO "jobs_outboxmessage"`: a statement up to the table it touches."""
+    words = sql.split()
+    for position, word in enumerate(words[:3]):
+        if word.startswith('"'):
+            return " ".join(words[: position + 1])
+    return " ".join(words[:2])
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C: everything started is stopped by now; no traceback to read
