@@ -10,5 +10,6 @@ api_urlpatterns = [
 ]
 
 urlpatterns = [
+    path("uploads", views.uploads_page, name="uploads"),
     path("files/<uuid:upload_id>/<str:name>", views.UploadFileView.as_view(), name="file"),
 ]
