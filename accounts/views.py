@@ -75,14 +75,13 @@ def verify_email(request: HttpRequest) -> HttpResponse:
 @never_cache
 @page_methods
 def resend_verification(request: HttpRequest) -> HttpResponse:
-    form = EmailForm(request.POST if request.method == "POST" else None)
-    if form.is_valid():
-        email = form.cleaned_data["email"]
-        if (refusal := _attempts_refused(request, scope="resend", email=email)) is not None:
-            return refusal
-        services.verification_resend(email=email)
-        return redirect("accounts:check-email")
-    return render(request, "accounts/resend_verification.html", {"form": form})
+    return _email_request_page(
+        request,
+        scope="resend",
+        service=services.verification_resend,
+        template="accounts/resend_verification.html",
+        done="accounts:check-email",
+    )
 
 
 @never_cache
@@ -119,14 +118,28 @@ def logout_page(request: HttpRequest) -> HttpResponse:
 @never_cache
 @page_methods
 def password_reset(request: HttpRequest) -> HttpResponse:
+    return _email_request_page(
+        request,
+        scope="reset",
+        service=services.password_reset_request,
+        template="accounts/password_reset.html",
+        done="accounts:password-reset-sent",
+    )
+
+
+def _email_request_page(
+    request: HttpRequest, *, scope: str, service, template: str, done: str
+) -> HttpResponse:
+    """A form that asks for an email to be sent to an address: limited, and answered the same
+    whether or not the address has an account (the service decides quietly)."""
     form = EmailForm(request.POST if request.method == "POST" else None)
     if form.is_valid():
         email = form.cleaned_data["email"]
-        if (refusal := _attempts_refused(request, scope="reset", email=email)) is not None:
+        if (refusal := _attempts_refused(request, scope=scope, email=email)) is not None:
             return refusal
-        services.password_reset_request(email=email)
-        return redirect("accounts:password-reset-sent")
-    return render(request, "accounts/password_reset.html", {"form": form})
+        service(email=email)
+        return redirect(done)
+    return render(request, template, {"form": form})
 
 
 @never_cache
