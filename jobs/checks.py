@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.core.checks import Error, register
 
+from jobs.ratelimit import parse_rate
+
 
 @register()
 def visibility_timeout_outlasts_countdowns(app_configs, **kwargs) -> list[Error]:
@@ -29,4 +31,17 @@ def visibility_timeout_outlasts_countdowns(app_configs, **kwargs) -> list[Error]
                 id="jobs.E002",
             )
         )
+    return errors
+
+
+@register()
+def rate_limits_parse(app_configs, **kwargs) -> list[Error]:
+    # A malformed limit would otherwise surface only in a worker, when a task first calls that
+    # provider: as a permanent error, every such task dead-lettered.
+    errors = []
+    for provider, rate in settings.JOBS_RATE_LIMITS.items():
+        try:
+            parse_rate(rate)
+        except ValueError as error:
+            errors.append(Error(f"JOBS_RATE_LIMITS[{provider!r}]: {error}", id="jobs.E003"))
     return errors

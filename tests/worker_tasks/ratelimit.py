@@ -1,14 +1,15 @@
 """Test-only tasks behind the global rate limit (jobs/ratelimit.py).
 
-Each records, on Redis's clock (one clock for every worker process), when it really called its
-provider, so a test can measure the calls of several workers together.
+Each records, on Redis's clock (one clock for every worker process), every run with the
+reservation its message carried, and when it really called its provider, so a test can measure
+the runs and calls of several workers together.
 """
 
 import json
 
 from celery import Task, shared_task
 
-from jobs.ratelimit import rate_limit_or_defer
+from jobs.ratelimit import RESERVATION_HEADER, rate_limit_or_defer
 from jobs.redis import redis_client
 
 
@@ -16,20 +17,24 @@ from jobs.redis import redis_client
 def call_rate_limited_provider(self: Task, key: str) -> None:
     """Records every run (deferred or not), then, once the limit lets it through, the call."""
     client = redis_client()
-    client.rpush(f"test:ratelimit:runs:{key}", self.request.id)
+    reservation = (self.request.headers or {}).get(RESERVATION_HEADER)
+    client.rpush(
+        f"test:ratelimit:runs:{key}", json.dumps({"id": self.request.id, "slot": reservation})
+    )
     rate_limit_or_defer(self, provider="test")
     seconds, microseconds = client.time()
     call = {
-        "at": seconds + microseconds / 1e6,
+        "at_us": seconds * 1_000_000 + microseconds,
         "id": self.request.id,
         "worker": self.request.hostname,
         "retries": self.request.retries,
+        "slot": reservation,
     }
     client.rpush(f"test:ratelimit:calls:{key}", json.dumps(call))
 
 
-def runs(key: str) -> list[str]:
-    return [run.decode() for run in redis_client().lrange(f"test:ratelimit:runs:{key}", 0, -1)]
+def runs(key: str) -> list[dict]:
+    return [json.loads(run) for run in redis_client().lrange(f"test:ratelimit:runs:{key}", 0, -1)]
 
 
 def calls(key: str) -> list[dict]:
