@@ -72,19 +72,27 @@ class UploadListCreateView(UploadOwnedMixin, ListAPIView):
     def get_queryset(self):
         return Upload.objects.filter(owner=self.request.user).prefetch_related("variants")
 
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        # Refuse an oversized body from its declared length before anything reads it: the
+        # session's CSRF check (in super().initial) would otherwise parse the whole body first.
+        if request.method == "POST":
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0  # as Django reads a malformed length; the body is bounded anyway
+            if declared > settings.UPLOAD_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
+                raise RequestEntityTooLarge(services.upload_too_large_message())
+        super().initial(request, *args, **kwargs)
+
     @extend_schema(
         request={"multipart/form-data": UploadRequest}, responses={202: UploadSerializer}
     )
     def post(self, request: Request) -> Response:
-        # Refuse an oversized body from its declared length, before reading any of it.
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        if declared > settings.UPLOAD_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
-            raise RequestEntityTooLarge(services.upload_too_large_message())
-        file = request.FILES.get("file")
-        if file is None:
-            raise exceptions.ValidationError(
-                {"file": ["Attach the image as the form field 'file'."]}
-            )
+        files = request.FILES.getlist("file")
+        if len(files) != 1:
+            message = "Attach exactly one image as the form field 'file'."
+            raise exceptions.ValidationError({"file": [message]})
+        file = files[0]
         try:
             upload = services.upload_create(owner=request.user, file=file)
         except services.UploadRejected as rejection:

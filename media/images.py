@@ -5,7 +5,6 @@ file, so a step that runs twice (a redelivered task) rewrites identical bytes.
 """
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,12 @@ VARIANTS = (
     VariantSpec("large", 2048),
 )
 VARIANTS_BY_NAME = {spec.name: spec for spec in VARIANTS}
-JPEG_QUALITY = 85  # visually lossless for photos at about a tenth of the bytes of q100
+# q85: visually lossless for photos at about a tenth of the bytes of q100. The original is
+# baseline, not progressive: every variant task decodes it again, and libjpeg's reduced-scale
+# decoding (draft) skips work only in baseline files: a thumb of a 12 MP progressive original
+# costs ~3x the CPU (bench/images.py). Variants are progressive: browsers show them early.
+ORIGINAL_JPEG = {"quality": 85, "optimize": True, "progressive": False}
+VARIANT_JPEG = {"quality": 85, "optimize": True, "progressive": True}
 
 
 class ImageRejected(Exception):
@@ -62,7 +66,13 @@ def image_header_read(path: Path, *, max_pixels: int) -> ImageHeader:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=ACCEPTED_FORMATS) as image:
                 header = ImageHeader(image.format, *image.size)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
+        # Pillow's own check (MAX_IMAGE_PIXELS, set to our limit in media/apps.py) fired while
+        # reading the header: the same refusal as ours below, from the same numbers.
+        raise ImageRejected(
+            f"The image has more than {max_pixels / 1e6:.0f} MP, the limit.", status=413
+        ) from bomb
+    except UnidentifiedImageError:
         header = None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageRejected(f"This file is not a readable image ({error}).", status=400) from error
@@ -97,7 +107,7 @@ def image_normalize(source: Path, destination_stem: Path) -> tuple[Path, int, in
         clean = _as_rgb_or_rgba(upright)
         clean.info.clear()  # some encoders copy metadata from .info unless told otherwise
         destination = destination_stem.with_suffix(output_suffix(clean))
-        _save_atomically(clean, destination)
+        _save_atomically(clean, destination, jpeg_options=ORIGINAL_JPEG)
         return destination, clean.width, clean.height
 
 
@@ -120,7 +130,7 @@ def image_variant_make(
             resized.thumbnail(box, Image.Resampling.LANCZOS, reducing_gap=3.0)
         resized.info.clear()
         destination = destination_stem.with_suffix(output_suffix(resized))
-        _save_atomically(resized, destination)
+        _save_atomically(resized, destination, jpeg_options=VARIANT_JPEG)
         return destination, resized.width, resized.height
 
 
@@ -156,18 +166,18 @@ def _as_rgb_or_rgba(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def _save_atomically(image: Image.Image, destination: Path) -> None:
-    """Write to a temporary file and rename: a worker killed mid-write never leaves a
-    half-written file under the final name for the next step to read."""
+def _save_atomically(image: Image.Image, destination: Path, *, jpeg_options: dict) -> None:
+    """Write beside the destination, then rename: a worker killed mid-write never leaves half
+    a file under the final name for the next step to read.
+
+    The partial file's name is fixed, not random, so the step's rerun writes over what the
+    killed run left and renames it away: nothing accumulates. Two runs writing at once write
+    the same bytes (the output is deterministic), so they cannot corrupt each other.
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, suffix=destination.suffix)
-    os.close(handle)
-    try:
-        if destination.suffix == ".jpg":
-            image.save(temporary, "JPEG", quality=JPEG_QUALITY, optimize=True, progressive=True)
-        else:
-            image.save(temporary, "PNG", optimize=False)
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    partial = destination.with_name(f".{destination.name}.partial")
+    if destination.suffix == ".jpg":
+        image.save(partial, "JPEG", **jpeg_options)
+    else:
+        image.save(partial, "PNG", optimize=False)
+    os.replace(partial, destination)

@@ -20,6 +20,7 @@ from django.db.models import Sum
 from django.dispatch import Signal
 from django.utils import timezone
 
+from jobs.idempotency import run_once
 from media.images import (
     VARIANTS,
     VARIANTS_BY_NAME,
@@ -160,6 +161,7 @@ def upload_normalize(*, upload_id: str) -> None:
         updated_at=timezone.now(),
     )
     source.unlink(missing_ok=True)  # it still carries the GPS position
+    _forget_files_if_deleted_meanwhile(upload_id)
 
 
 def upload_variant_make(*, upload_id: str, name: str) -> None:
@@ -184,6 +186,7 @@ def upload_variant_make(*, upload_id: str, name: str) -> None:
         Upload.objects.filter(pk=upload_id, progress__lt=progress).update(
             progress=progress, updated_at=timezone.now()
         )
+    _forget_files_if_deleted_meanwhile(upload_id)
 
 
 def upload_finalize(*, upload_id: str) -> bool:
@@ -207,9 +210,13 @@ def upload_finalize(*, upload_id: str) -> bool:
 
 
 def upload_notify(*, upload_id: str) -> None:
+    """Announce a ready upload once, even if the chain's last message arrives twice."""
     upload = Upload.objects.filter(pk=upload_id, status=Upload.Status.READY).first()
     if upload is not None:
-        upload_ready.send(sender=Upload, upload=upload)
+        run_once(
+            key=f"media.upload_ready:{upload_id}",
+            effect=lambda: upload_ready.send(sender=Upload, upload=upload),
+        )
 
 
 def upload_fail(*, upload_id: str, reason: str) -> None:
@@ -230,6 +237,12 @@ def upload_reprocess(*, upload: Upload) -> None:
         # Normalizing the normalized original gives the same image: the pipeline starts there.
         shutil.copyfile(original, source)
     transaction.on_commit(lambda: upload_pipeline_start(upload_id=upload.pk))
+
+
+def _forget_files_if_deleted_meanwhile(upload_id: str) -> None:
+    # A DELETE while this step ran removed the folder, and the step's write made it again.
+    if not Upload.objects.filter(pk=upload_id).exists():
+        upload_files_delete(upload_id=upload_id)
 
 
 def _live_upload(upload_id: str) -> Upload | None:
