@@ -1,7 +1,11 @@
 """System checks: settings that would quietly break the delivery guarantees fail loudly."""
 
+from importlib import import_module
+
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, register
+from django.utils.module_loading import module_has_submodule
 
 from jobs.ratelimit import parse_rate
 
@@ -22,16 +26,36 @@ def visibility_timeout_outlasts_countdowns(app_configs, **kwargs) -> list[Error]
                     id="jobs.E001",
                 )
             )
-    if settings.CELERY_TASK_TIME_LIMIT >= timeout:
-        errors.append(
-            Error(
-                f"CELERY_TASK_TIME_LIMIT ({settings.CELERY_TASK_TIME_LIMIT}s) must be shorter than "
-                f"CELERY_VISIBILITY_TIMEOUT ({timeout}s): a late-acked task still running would be "
-                "handed to a second worker.",
-                id="jobs.E002",
+    for name, limit in _time_limits():
+        if limit >= timeout:
+            errors.append(
+                Error(
+                    f"{name}: time limit {limit:g}s must be shorter than CELERY_VISIBILITY_TIMEOUT "
+                    f"({timeout}s): a late-acked task still running would be handed to a second "
+                    "worker.",
+                    id="jobs.E002",
+                )
             )
-        )
     return errors
+
+
+def _time_limits() -> list[tuple[str, float]]:
+    """The default hard time limit, and every task's own where it sets one."""
+    from config.celery import app
+
+    # Import every app's tasks.py so every task is registered. Directly, not through Celery's
+    # import_default_modules: that runs Django's checks again (Celery's Django fixup), and so
+    # this one, forever.
+    for app_config in apps.get_app_configs():
+        if module_has_submodule(app_config.module, "tasks"):
+            import_module(f"{app_config.name}.tasks")
+    limits = [("CELERY_TASK_TIME_LIMIT", settings.CELERY_TASK_TIME_LIMIT)]
+    for name, task in sorted(app.tasks.items()):
+        # Celery copies the default into every task that sets none: report only real overrides.
+        own = getattr(task, "time_limit", None)
+        if own and own != settings.CELERY_TASK_TIME_LIMIT:
+            limits.append((name, own))
+    return limits
 
 
 @register()
