@@ -13,7 +13,7 @@ class _Handler:
     def __init__(self, server: "SmtpServer") -> None:
         self.server = server
 
-    async def handle_DATA(self, smtp, session, envelope) -> str:  # noqa: N802 - aiosmtpd's name
+    async def handle_DATA(self, smtp, session, envelope) -> str:  # aiosmtpd's hook name
         server = self.server
         with server.lock:
             server.conversations += 1

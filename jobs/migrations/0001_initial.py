@@ -6,62 +6,103 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='DeadLetter',
+            name="DeadLetter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_name', models.CharField(db_index=True, max_length=200)),
-                ('task_id', models.CharField(max_length=255, unique=True)),
-                ('args', models.JSONField(default=list)),
-                ('kwargs', models.JSONField(default=dict)),
-                ('queue', models.CharField(blank=True, max_length=50)),
-                ('exception_class', models.CharField(db_index=True, max_length=200)),
-                ('exception_message', models.TextField(blank=True)),
-                ('traceback', models.TextField(blank=True)),
-                ('attempts', models.PositiveIntegerField(default=1)),
-                ('first_failed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_failed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('status', models.CharField(choices=[('dead', 'dead'), ('redriven', 're-driven'), ('discarded', 'discarded')], default='dead', max_length=10)),
-                ('redriven_at', models.DateTimeField(blank=True, null=True)),
-                ('redrive_count', models.PositiveIntegerField(default=0)),
-                ('resolved_by', models.CharField(blank=True, max_length=254)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("task_name", models.CharField(db_index=True, max_length=200)),
+                ("task_id", models.CharField(max_length=255, unique=True)),
+                ("args", models.JSONField(default=list)),
+                ("kwargs", models.JSONField(default=dict)),
+                ("queue", models.CharField(blank=True, max_length=50)),
+                ("exception_class", models.CharField(db_index=True, max_length=200)),
+                ("exception_message", models.TextField(blank=True)),
+                ("traceback", models.TextField(blank=True)),
+                ("attempts", models.PositiveIntegerField(default=1)),
+                ("first_failed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_failed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("dead", "dead"),
+                            ("redriven", "re-driven"),
+                            ("discarded", "discarded"),
+                        ],
+                        default="dead",
+                        max_length=10,
+                    ),
+                ),
+                ("redriven_at", models.DateTimeField(blank=True, null=True)),
+                ("redrive_count", models.PositiveIntegerField(default=0)),
+                ("resolved_by", models.CharField(blank=True, max_length=254)),
             ],
             options={
-                'ordering': ['-last_failed_at'],
+                "ordering": ["-last_failed_at"],
             },
         ),
         migrations.CreateModel(
-            name='IdempotencyKey',
+            name="IdempotencyKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=255, unique=True)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=255, unique=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='OutboxMessage',
+            name="OutboxMessage",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('task_name', models.CharField(max_length=200)),
-                ('kwargs', models.JSONField(default=dict)),
-                ('queue', models.CharField(blank=True, max_length=50)),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('published', 'published')], default='pending', max_length=10)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('release_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('claimed_until', models.DateTimeField(blank=True, null=True)),
-                ('published_at', models.DateTimeField(blank=True, null=True)),
-                ('publish_attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True)),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("task_name", models.CharField(max_length=200)),
+                ("kwargs", models.JSONField(default=dict)),
+                ("queue", models.CharField(blank=True, max_length=50)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "pending"), ("published", "published")],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("release_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("claimed_until", models.DateTimeField(blank=True, null=True)),
+                ("published_at", models.DateTimeField(blank=True, null=True)),
+                ("publish_attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True)),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('status', 'pending')), fields=['release_at'], name='jobs_outbox_pending_due'), models.Index(fields=['status', 'published_at'], name='jobs_outbox_published')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("status", "pending")),
+                        fields=["release_at"],
+                        name="jobs_outbox_pending_due",
+                    ),
+                    models.Index(fields=["status", "published_at"], name="jobs_outbox_published"),
+                ],
             },
         ),
     ]
