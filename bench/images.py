@@ -33,29 +33,21 @@ import os
 import platform
 import random
 import re
-import shlex
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 import celery
 import django
 import PIL
-import redis
 from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, features
 
+from bench import support
 from media.images import ORIGINAL_JPEG, VARIANT_JPEG, VARIANTS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = 24
 # A 12 MP phone photo as the sensor stores it: landscape, JPEG quality 90.
 PHOTO_SIZE = (4000, 3000)
@@ -72,8 +64,6 @@ WARM_UP_IMAGES = WORKER_CONCURRENCY
 # A step is killed after its 90 s hard time limit; no upload ready for longer means the
 # worker is stuck (or the machine hopelessly overloaded), not slow.
 STUCK_SECONDS = 180.0
-# redis-server and a prefork worker start in seconds; beyond this they failed.
-START_TIMEOUT_SECONDS = 60.0
 # Five polls a second: each is one indexed SELECT, nothing the worker notices.
 POLL_SECONDS = 0.2
 # One line per task outcome, written by jobs.base.PlatformTask._log_outcome.
@@ -91,47 +81,43 @@ def main() -> None:
     images = parser.parse_args().images
     if images < 2:
         parser.error("--images must be at least 2: the loop runs in two halves")
-    # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop the worker and redis-server
-    # instead of orphaning them.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
-    workdir = Path(tempfile.mkdtemp(prefix="celery-saas-bench-images-"))
-    database_given = bool(os.environ.get("DATABASE_URL"))
+    database_given = support.database_given()
     run = uuid.uuid4().hex[:8]
-    redis_server = None
-    try:
+    with support.scratch_folder(prefix="celery-saas-bench-images-") as workdir:
         # First, while nothing else of the benchmark runs: it takes about a second a photo.
         photos = _photos_write(count=images, folder=workdir / "photos")
-        redis_port = _free_port()
-        redis_server = _start_redis(port=redis_port, workdir=workdir)
-        _configure_environment(redis_url=f"redis://127.0.0.1:{redis_port}/0", workdir=workdir)
-        _migrate()
-        django.setup()
-        # The event receiver logs its connection at INFO, between the progress lines.
-        logging.getLogger("kombu.mixins").setLevel(logging.WARNING)
-        worker = Worker(logfile=workdir / "worker.log")
-        variant_names = VariantNames()
-        try:
-            worker.start()
-            variant_names.start()
-            _run(
-                photos=photos,
-                run=run,
+        with support.RedisServer(workdir=workdir) as redis_server:
+            support.django_setup(
+                redis_url=redis_server.url,
                 workdir=workdir,
-                worker=worker,
-                redis_server=redis_server,
-                variant_names=variant_names,
-                database_given=database_given,
+                environment={
+                    "MEDIA_ROOT": str(workdir / "media"),
+                    # Every photo belongs to one user: `--images 300` would pass the 1 GiB quota.
+                    "UPLOAD_QUOTA_BYTES": str(10**15),
+                },
             )
-        finally:
-            variant_names.stop()
-            worker.stop()
-            if database_given:
-                _forget_run(run)
-    finally:
-        if redis_server is not None:
-            _stop(redis_server)
-        shutil.rmtree(workdir, ignore_errors=True)
+            # The event receiver logs its connection at INFO, between the progress lines.
+            logging.getLogger("kombu.mixins").setLevel(logging.WARNING)
+            worker = MediaWorker(logfile=workdir / "worker.log")
+            variant_names = VariantNames()
+            try:
+                worker.start()
+                variant_names.start()
+                _run(
+                    photos=photos,
+                    run=run,
+                    workdir=workdir,
+                    worker=worker,
+                    redis_server=redis_server,
+                    variant_names=variant_names,
+                    database_given=database_given,
+                )
+            finally:
+                variant_names.stop()
+                worker.stop()
+                if database_given:
+                    _forget_run(run)
 
 
 @dataclass
@@ -163,8 +149,8 @@ def _run(
     photos: list[Path],
     run: str,
     workdir: Path,
-    worker: "Worker",
-    redis_server: subprocess.Popen,
+    worker: "MediaWorker",
+    redis_server: support.RedisServer,
     variant_names: "VariantNames",
     database_given: bool,
 ) -> None:
@@ -281,8 +267,8 @@ def _pipeline(
     *,
     photos: list[Path],
     owner,
-    worker: "Worker",
-    redis_server: subprocess.Popen | None,
+    worker: "MediaWorker",
+    redis_server: support.RedisServer | None,
     variant_names: "VariantNames | None" = None,
 ) -> PipelineResult:
     """Upload every photo through the real path and wait until all are ready.
@@ -304,9 +290,9 @@ def _pipeline(
     published_at: list[float] = []
     log_offset = worker.log_size()
     before = _tree_usage(worker.process.pid)
-    redis_before = _tree_usage(redis_server.pid) if redis_server else Usage(0.0, 0.0)
+    redis_before = _tree_usage(redis_server.process.pid) if redis_server else Usage(0.0, 0.0)
     request_cpu_before = time.process_time()
-    worker.pause()
+    worker.pause("media")
     try:
         with transaction.atomic():
             # Registered first and last, the two run around every upload's publishing.
@@ -321,7 +307,7 @@ def _pipeline(
             transaction.on_commit(lambda: published_at.append(time.time()))
         request_cpu_seconds = time.process_time() - request_cpu_before
     finally:
-        worker.resume()
+        worker.resume("media")
 
     uploads = Upload.objects.filter(pk__in=upload_ids)
     ready, progress_at = 0, time.monotonic()
@@ -345,7 +331,7 @@ def _pipeline(
     # notify runs after finalize, and its CPU belongs to the pipeline too.
     outcomes = worker.outcomes_after(log_offset, wait_for={"media.notify": len(upload_ids)})
     after = _tree_usage(worker.process.pid)
-    redis_after = _tree_usage(redis_server.pid) if redis_server else Usage(0.0, 0.0)
+    redis_after = _tree_usage(redis_server.process.pid) if redis_server else Usage(0.0, 0.0)
 
     names = variant_names.names if variant_names else {}
     durations = [
@@ -406,46 +392,17 @@ class VariantNames(threading.Thread):
             self.join(timeout=5)
 
 
-class Worker:
+class MediaWorker(support.Worker):
     """`celery -A config worker -Q media --concurrency 2 --pool prefork`: the Procfile's
     `worker_heavy` at its default size, on the media queue alone."""
 
     def __init__(self, *, logfile: Path) -> None:
-        self.name = f"bench-images-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        self.logfile = logfile
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        from config.celery import app
-
-        command = [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
-            "--hostname", self.name, "--queues", "media",
-            "--concurrency", str(WORKER_CONCURRENCY), "--pool", "prefork", "--loglevel", "INFO",
-            # A lone worker has no peers to synchronise with; skip the start-up wait.
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        with self.logfile.open("wb") as log:
-            self.process = _spawn(command, log=log)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not app.control.ping(destination=[self.name], timeout=0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker never answered a ping:\n{self.log_tail()}")
-
-    def pause(self) -> None:
-        self._control("cancel_consumer")
-
-    def resume(self) -> None:
-        self._control("add_consumer")
-
-    def _control(self, command: str) -> None:
-        from config.celery import app
-
-        replies = getattr(app.control, command)(
-            "media", destination=[self.name], reply=True, timeout=5
+        super().__init__(
+            name_prefix="bench-images",
+            logfile=logfile,
+            concurrency=WORKER_CONCURRENCY,
+            queues=["media"],
         )
-        if not replies:
-            raise RuntimeError(f"the worker did not answer {command}:\n{self.log_tail()}")
 
     def log_size(self) -> int:
         return self.logfile.stat().st_size
@@ -473,14 +430,6 @@ class Worker:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"missing task outcomes {dict(counts)}:\n{self.log_tail()}")
             time.sleep(POLL_SECONDS)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop(self.process)
-            self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass(frozen=True)
@@ -590,74 +539,6 @@ def _colour(chance: random.Random) -> tuple[int, int, int]:
 # --- set-up -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_redis(*, port: int, workdir: Path) -> subprocess.Popen:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
-    command = [
-        executable, "--port", str(port), "--bind", "127.0.0.1",
-        # In memory only, like the broker the tests use: persistence would time the disk.
-        "--save", "", "--appendonly", "no", "--dir", str(workdir),
-    ]  # fmt: skip
-    with (workdir / "redis.log").open("wb") as log:
-        process = _spawn(command, log=log)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
-                raise RuntimeError(f"redis-server did not start on port {port}") from None
-            time.sleep(0.05)
-
-
-def _configure_environment(*, redis_url: str, workdir: Path) -> None:
-    """Point this process, `migrate` and the worker at the private Redis, database and
-    MEDIA_ROOT.
-
-    Set, not defaulted: a developer's .env must not send the benchmark to real services. Only
-    DATABASE_URL comes from the shell, to benchmark PostgreSQL.
-    """
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_RESULT_BACKEND": redis_url,
-            "DATABASE_URL": os.environ.get("DATABASE_URL")
-            or f"sqlite:///{workdir / 'bench.sqlite3'}",
-            "MEDIA_ROOT": str(workdir / "media"),
-            # Production mode: with DEBUG on, Django would keep every SQL statement in memory.
-            "DEBUG": "0",
-            "SECRET_KEY": "bench-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
-            "SECURE_SSL_REDIRECT": "0",
-            # Every photo belongs to one user: `--images 300` would pass the 1 GiB quota.
-            "UPLOAD_QUOTA_BYTES": str(10**15),
-        }
-    )
-
-
-def _migrate() -> None:
-    # In a subprocess, before this process sets Django up: as a deploy's one-shot migrate does.
-    result = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode:
-        raise RuntimeError(f"migrate failed:\n{result.stdout}{result.stderr}")
-
-
 def _forget_run(run: str) -> None:
     """Delete the user of this run, and with it its uploads and variants; on a DATABASE_URL
     they would outlive it (the files go with the temporary MEDIA_ROOT)."""
@@ -666,79 +547,31 @@ def _forget_run(run: str) -> None:
     User.objects.filter(email=f"bench-images-{run}@example.com").delete()
 
 
-def _spawn(command: list[str], *, log) -> subprocess.Popen:
-    # In a session of its own: a Ctrl-C in the terminal reaches only this process, which stops
-    # the worker (a warm shutdown) and then redis-server, in that order.
-    return subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    # SIGTERM first: the worker's warm shutdown, redis-server's clean exit.
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # --- output -----------------------------------------------------------------------------------
 
 
 def _print_header(*, photos: list[Path], database_given: bool) -> None:
     from django.conf import settings
-    from django.db import connection
 
-    command = shlex.join(
-        [
-            os.path.relpath(sys.executable, REPO_ROOT),
-            "bench/images.py",
-            "--images",
-            str(len(photos)),
-        ]
-    )
-    if database_given:
-        where = _without_password(os.environ["DATABASE_URL"])
-        reproduce = [f"DATABASE_URL={shlex.quote(where)} {command}"]
-    else:
-        where = "a file in a temporary folder"
-        reproduce = [
-            command,
-            f"DATABASE_URL=postgres://USER:PASSWORD@HOST:5432/NAME {command}  # on PostgreSQL",
-        ]
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("PRAGMA journal_mode")
-            database = (
-                f"SQLite {connection.Database.sqlite_version}, journal {cursor.fetchone()[0]}"
-            )
-        else:
-            cursor.execute("SELECT version()")
-            database = cursor.fetchone()[0].split(" on ")[0]
-    redis_version = redis.Redis.from_url(settings.REDIS_URL).info("server")["redis_version"]
     megabytes = statistics.mean(photo.stat().st_size for photo in photos) / 1e6
     libjpeg = features.version("jpg")
     if features.check_feature("libjpeg_turbo"):
         libjpeg = f"libjpeg-turbo {features.version('libjpeg_turbo')}"
     width, height = PHOTO_SIZE
 
-    print("Image pipeline throughput: upload -> all variants ready, worker vs a plain Pillow loop")
-    print()
-    print(f"reproduce   cd {REPO_ROOT}")
-    for line in reproduce:
-        print(f"            {line}")
-    print(f"database    {database}, {where}; MEDIA_ROOT a temporary folder")
-    # Other processes' load skews every figure; the reader should know it was there.
-    print(
-        f"machine     {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
-        f"load average {_load()} at the start"
+    support.print_run_header(
+        title=(
+            "Image pipeline throughput: upload -> all variants ready, worker vs a plain Pillow loop"
+        ),
+        script="bench/images.py",
+        arguments=["--images", str(len(photos))],
+        database_given=database_given,
+        database_note="; MEDIA_ROOT a temporary folder",
     )
     print(
         f"versions    Python {platform.python_version()}, Pillow {PIL.__version__} "
         f"({libjpeg}), Celery {celery.__version__}, Django {django.__version__}, "
-        f"redis-server {redis_version}"
+        f"redis-server {support.redis_server_version()}"
     )
     print(
         f"photos      {len(photos)} made here, {width}x{height}, JPEG q{PHOTO_QUALITY}, "
@@ -834,7 +667,7 @@ def _print_results(*, photos: list[Path], loop: LoopResult, pipeline: PipelineRe
         f"per image (broker, chord counts, events); upload_create() in this process "
         f"{pipeline.request_cpu_seconds / count * 1000:.0f} ms CPU per upload"
     )
-    print(f"load average {_load()} at the end")
+    print(f"load average {support.load_average()} at the end")
 
 
 def _print_breakdown(*, count: int, loop: LoopResult, pipeline: PipelineResult) -> None:
@@ -906,19 +739,5 @@ def _outputs_compared(
     return summary
 
 
-def _load() -> str:
-    return ", ".join(f"{average:.2f}" for average in os.getloadavg())
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)  # Ctrl-C: everything started is stopped by now; no traceback to read
+    support.run(main)

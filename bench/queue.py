@@ -18,26 +18,18 @@ sys.path.pop(0)  # this file's folder (with `python -m`, the working directory)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import os
 import platform
-import shlex
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import celery
 import django
 import kombu
 import redis
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from bench import support
+
 DEFAULT_TASKS = 2000
 # Enough for both pool processes to have run tasks, and for the broker and database connections
 # to be open, before anything is timed.
@@ -53,8 +45,6 @@ MIN_DRAIN_RATIO = 0.8
 # A no-op starts within milliseconds; one that has not started after this long (or a backlog
 # that made no progress for this long) means the worker is stuck, not slow.
 STUCK_SECONDS = 30.0
-# redis-server and a prefork worker start in seconds; beyond this they failed.
-START_TIMEOUT_SECONDS = 60.0
 
 Publish = Callable[[str], None]
 
@@ -67,32 +57,20 @@ def main() -> None:
     tasks = parser.parse_args().tasks
     if tasks < 2:
         parser.error("--tasks must be at least 2: a drain rate needs two starts")
-    # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop the worker and redis-server
-    # instead of orphaning them.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
-    workdir = Path(tempfile.mkdtemp(prefix="celery-saas-bench-"))
-    database_given = "DATABASE_URL" in os.environ
-    redis_server = worker = None
-    try:
-        redis_port = _free_port()
-        redis_server = _start_redis(port=redis_port, workdir=workdir)
-        _configure_environment(redis_url=f"redis://127.0.0.1:{redis_port}/0", workdir=workdir)
-        _migrate()
-        django.setup()
+    database_given = support.database_given()
+    with (
+        support.scratch_folder(prefix="celery-saas-bench-") as workdir,
+        support.RedisServer(workdir=workdir) as redis_server,
+    ):
+        support.django_setup(redis_url=redis_server.url, workdir=workdir)
         _forget_bench_rows()  # left by a killed earlier run on the same DATABASE_URL
-        worker = Worker(logfile=workdir / "worker.log").start()
-        try:
-            measure = Measure(worker=worker, broker=redis.Redis(port=redis_port))
-            _run(tasks=tasks, measure=measure, database_given=database_given)
-        finally:
-            _forget_bench_rows()
-    finally:
-        if worker is not None:
-            worker.stop()
-        if redis_server is not None:
-            _stop(redis_server)
-        shutil.rmtree(workdir, ignore_errors=True)
+        with _worker(logfile=workdir / "worker.log") as worker:
+            try:
+                measure = Measure(worker=worker, broker=redis_server.client())
+                _run(tasks=tasks, measure=measure, database_given=database_given)
+            finally:
+                _forget_bench_rows()
 
 
 def _run(*, tasks: int, measure: "Measure", database_given: bool) -> None:
@@ -142,8 +120,8 @@ def _run(*, tasks: int, measure: "Measure", database_given: bool) -> None:
         name: {
             "enqueue_rate": tasks / publish_seconds[name],
             "ms_per_enqueue": publish_seconds[name] / tasks * 1000,
-            "p50_ms": _percentile(latencies[name], 50) * 1000,
-            "p99_ms": _percentile(latencies[name], 99) * 1000,
+            "p50_ms": support.percentile(latencies[name], 50) * 1000,
+            "p99_ms": support.percentile(latencies[name], 99) * 1000,
             "drain_rate": drained[name] / drain_seconds[name],
         }
         for name in paths
@@ -161,9 +139,14 @@ class Measure:
     """The measurements. The no-op task reports its start into a Redis list named after the
     measurement's run, which this process reads."""
 
-    def __init__(self, *, worker: "Worker", broker: redis.Redis) -> None:
+    def __init__(self, *, worker: support.Worker, broker: redis.Redis) -> None:
+        from bench.tasks import noop
+        from config.celery import app
+
         self.worker = worker
         self.broker = broker
+        # The queue the no-op goes to, which the worker stops consuming while a backlog builds.
+        self.queue = app.amqp.router.route({}, noop.name)["queue"].name
 
     def latency(self, publish: Publish) -> float:
         """Seconds from the caller starting to enqueue one task to the worker starting it,
@@ -184,7 +167,7 @@ class Measure:
         before the first task starts, so the drain times the worker alone, not the publisher.
         """
         run = uuid.uuid4().hex
-        self.worker.pause()
+        self.worker.pause(self.queue)
         try:
             started = time.perf_counter()
             for _ in range(count):
@@ -193,7 +176,7 @@ class Measure:
             if self.broker.llen(f"bench:{run}"):
                 raise RuntimeError("the worker ran tasks while paused: the drain is not measurable")
         finally:
-            self.worker.resume()
+            self.worker.resume(self.queue)
         starts = sorted(started_at for _, started_at in self._records(run, count))
         return publish_seconds, starts[-1] - starts[0]
 
@@ -211,131 +194,23 @@ class Measure:
         return [tuple(float(stamp) for stamp in entry.split()) for entry in entries]
 
 
-class Worker:
-    """One `celery -A config worker` on every queue, prefork, as the Procfile runs it."""
-
-    def __init__(self, *, logfile: Path) -> None:
-        self.name = f"bench-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        self.logfile = logfile
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "Worker":
-        from django.conf import settings
-
-        from config.celery import app
-
-        command = [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
-            "--hostname", self.name, "--queues", ",".join(settings.JOB_QUEUES),
-            "--concurrency", str(WORKER_CONCURRENCY), "--pool", "prefork",
-            "--include", "bench.tasks", "--loglevel", "INFO",
+def _worker(*, logfile: Path) -> support.Worker:
+    """One worker on every queue, as the Procfile runs it, that also loads the no-op task."""
+    return support.Worker(
+        name_prefix="bench",
+        logfile=logfile,
+        concurrency=WORKER_CONCURRENCY,
+        options=[
+            "--include", "bench.tasks",
             # No pool process recycling during the run: a recycle held the task already handed
             # to the departing process for about 3 s here, which would land on whichever path's
             # backlog crossed the limit and swamp the difference between the paths.
             "--max-tasks-per-child", str(10**9),
-            # A lone worker has no peers to synchronise with; skip the start-up wait.
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        with self.logfile.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not app.control.ping(destination=[self.name], timeout=0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker never answered a ping:\n{self.log_tail()}")
-        return self
-
-    def pause(self) -> None:
-        self._control("cancel_consumer")
-
-    def resume(self) -> None:
-        self._control("add_consumer")
-
-    def _control(self, command: str) -> None:
-        from bench.tasks import noop
-        from config.celery import app
-
-        queue = app.amqp.router.route({}, noop.name)["queue"].name
-        replies = getattr(app.control, command)(
-            queue, destination=[self.name], reply=True, timeout=5
-        )
-        if not replies:
-            raise RuntimeError(f"the worker did not answer {command}:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop(self.process)
-            self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        ],
+    )  # fmt: skip
 
 
 # --- set-up -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_redis(*, port: int, workdir: Path) -> subprocess.Popen:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
-    command = [
-        executable, "--port", str(port), "--bind", "127.0.0.1",
-        # In memory only, like the broker the tests use: persistence would time the disk.
-        "--save", "", "--appendonly", "no", "--dir", str(workdir),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
-                raise RuntimeError(f"redis-server did not start on port {port}") from None
-            time.sleep(0.05)
-
-
-def _configure_environment(*, redis_url: str, workdir: Path) -> None:
-    """Point this process, `migrate` and the worker at the private Redis and the database.
-
-    Set, not defaulted: a developer's .env must not send the benchmark to real services. Only
-    DATABASE_URL comes from the shell, to benchmark PostgreSQL.
-    """
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_RESULT_BACKEND": redis_url,
-            "DATABASE_URL": os.environ.get("DATABASE_URL")
-            or f"sqlite:///{workdir / 'bench.sqlite3'}",
-            # Production mode: with DEBUG on, Django would keep every SQL statement in memory.
-            "DEBUG": "0",
-            "SECRET_KEY": "bench-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
-            "SECURE_SSL_REDIRECT": "0",
-        }
-    )
-
-
-def _migrate() -> None:
-    # In a subprocess, before this process sets Django up: as a deploy's one-shot migrate does.
-    result = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode:
-        raise RuntimeError(f"migrate failed:\n{result.stdout}{result.stderr}")
 
 
 def _forget_bench_rows() -> None:
@@ -346,67 +221,24 @@ def _forget_bench_rows() -> None:
     OutboxMessage.objects.filter(task_name=noop.name).delete()
 
 
-def _stop(process: subprocess.Popen) -> None:
-    # SIGTERM first: a worker's warm shutdown, redis-server's clean exit.
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # --- output -------------------------------------------------------------------------------
 
 
 def _print_header(*, tasks: int, database_given: bool) -> None:
     from django.conf import settings
-    from django.db import connection
 
-    command = shlex.join(
-        [os.path.relpath(sys.executable, REPO_ROOT), "bench/queue.py", "--tasks", str(tasks)]
-    )
-    if database_given:
-        where = _without_password(os.environ["DATABASE_URL"])
-        reproduce = [f"DATABASE_URL={shlex.quote(where)} {command}"]
-    else:
-        where = "a file in a temporary folder"
-        reproduce = [
-            command,
-            f"DATABASE_URL=postgres://USER:PASSWORD@HOST:5432/NAME {command}  # on PostgreSQL",
-        ]
-    # How commits reach the disk decides what each transaction costs.
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("PRAGMA journal_mode")
-            journal = cursor.fetchone()[0]
-            cursor.execute("PRAGMA synchronous")
-            synchronous = ["OFF", "NORMAL", "FULL", "EXTRA"][cursor.fetchone()[0]]
-            database = (
-                f"SQLite {connection.Database.sqlite_version}, journal {journal}, "
-                f"synchronous {synchronous}"
-            )
-        else:
-            cursor.execute("SELECT version(), current_setting('synchronous_commit')")
-            server, synchronous_commit = cursor.fetchone()
-            database = f"{server.split(' on ')[0]}, synchronous_commit {synchronous_commit}"
-    redis_version = redis.Redis.from_url(settings.REDIS_URL).info("server")["redis_version"]
-
-    print("Plain Celery delay() vs durable jobs.outbox.enqueue(), no-op tasks")
-    print()
-    print(f"reproduce   cd {REPO_ROOT}")
-    for line in reproduce:
-        print(f"            {line}")
-    print(f"database    {database}, {where}")
-    # Other processes' load skews every figure; the reader should know it was there.
-    load = ", ".join(f"{average:.2f}" for average in os.getloadavg())
-    print(
-        f"machine     {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
-        f"load average {load} at the start"
+    support.print_run_header(
+        title="Plain Celery delay() vs durable jobs.outbox.enqueue(), no-op tasks",
+        script="bench/queue.py",
+        arguments=["--tasks", str(tasks)],
+        database_given=database_given,
+        # How commits reach the disk decides what each transaction costs.
+        commit_settings=True,
     )
     print(
         f"versions    Python {platform.python_version()}, Celery {celery.__version__}, "
-        f"kombu {kombu.__version__}, Django {django.__version__}, redis-server {redis_version}"
+        f"kombu {kombu.__version__}, Django {django.__version__}, "
+        f"redis-server {support.redis_server_version()}"
     )
     print(
         f"worker      one, prefork, concurrency {WORKER_CONCURRENCY}, prefetch multiplier "
@@ -475,19 +307,5 @@ def _statement_head(sql: str) -> str:
     return " ".join(words[:2])
 
 
-def _percentile(values: list[float], percent: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)  # Ctrl-C: everything started is stopped by now; no traceback to read
+    support.run(main)

@@ -30,30 +30,22 @@ import argparse
 import http.client
 import json
 import logging
-import os
 import platform
-import shlex
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import tempfile
+import sys
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 import celery
 import django
 import gunicorn
 import redis
 
+from bench import support
 from tests.smtp import SmtpServer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REQUESTS = 100
 # Per web server, before anything is timed: enough for both gunicorn workers (which one takes a
 # request is left to chance) to have served several and opened their database and Redis
@@ -84,8 +76,6 @@ REQUEST_TIMEOUT_SECONDS = 60.0
 # An email settles (sent, or failed for good) within EMAIL_TIMEOUT, 10 s, of its send starting;
 # when no email settles for this long, the worker is stuck, not slow.
 STUCK_SECONDS = 30.0
-# redis-server, gunicorn and a prefork worker start in seconds; beyond this they failed.
-START_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass
@@ -99,7 +89,7 @@ class Scenario:
     recipients: list[str] = field(default_factory=list)
 
     def p50_ms(self) -> float:
-        return _percentile(self.latencies, 50) * 1000
+        return support.percentile(self.latencies, 50) * 1000
 
 
 def main() -> None:
@@ -118,62 +108,65 @@ def main() -> None:
         parser.error("--requests must be at least 2: a percentile needs two values")
     if args.clients < 1:
         parser.error("--clients must be at least 1")
-    # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop every process instead of
-    # orphaning them.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
-    workdir = Path(tempfile.mkdtemp(prefix="celery-saas-bench-signup-"))
-    database_given = bool(os.environ.get("DATABASE_URL"))
+    database_given = support.database_given()
     # In every address, so the benchmark finds its own rows and emails (and only those).
     run = uuid.uuid4().hex[:8]
-    smtp = SmtpServer(port=_free_port())
-    redis_server = None
-    try:
-        redis_port = _free_port()
-        redis_server = _start_redis(port=redis_port, workdir=workdir)
-        _configure_environment(
-            redis_url=f"redis://127.0.0.1:{redis_port}/0", smtp_port=smtp.port, workdir=workdir
-        )
-        smtp.start()
-        _migrate()
-        django.setup()
-        # aiosmtpd logs every SMTP command at INFO, which Django's logging set-up would print
-        # here between the progress lines.
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
-        worker = Worker(logfile=workdir / "worker.log")
-        web_servers = [
-            WebServer(application="config.wsgi:application", logfile=workdir / "web.log"),
-            WebServer(
-                application="bench.signup:baseline_application()",
-                logfile=workdir / "web-baseline.log",
-            ),
-        ]
+    smtp = SmtpServer(port=support.free_port())
+    with (
+        support.scratch_folder(prefix="celery-saas-bench-signup-") as workdir,
+        support.RedisServer(workdir=workdir) as redis_server,
+    ):
         try:
-            worker.start()
-            for server in web_servers:
-                server.start()
-            _run(
-                requests=args.requests,
-                clients=args.clients,
-                run=run,
-                web=web_servers[0],
-                baseline_web=web_servers[1],
-                smtp=smtp,
-                worker=worker,
-                broker=redis.Redis(port=redis_port),
-                database_given=database_given,
+            # Before Django sets its logging up: aiosmtpd's start-up self-connection would
+            # log at INFO here otherwise.
+            smtp.start()
+            support.django_setup(
+                redis_url=redis_server.url,
+                workdir=workdir,
+                environment={
+                    "EMAIL_URL": f"smtp://127.0.0.1:{smtp.port}",
+                    "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                    # Every signup comes from one IP, hundreds an hour: the production limits
+                    # (5/h per address, 30/h per IP) would refuse the benchmark, no abuser.
+                    "ACCOUNT_EMAIL_RATE_PER_ADDRESS": "1000/h",
+                    "ACCOUNT_EMAIL_RATE_PER_IP": "100000/h",
+                },
             )
+            # aiosmtpd logs every SMTP command at INFO, which Django's logging set-up would
+            # print here between the progress lines.
+            logging.getLogger("mail.log").setLevel(logging.WARNING)
+            worker = SignupWorker(logfile=workdir / "worker.log")
+            web_servers = [
+                WebServer(application="config.wsgi:application", logfile=workdir / "web.log"),
+                WebServer(
+                    application="bench.signup:baseline_application()",
+                    logfile=workdir / "web-baseline.log",
+                ),
+            ]
+            try:
+                worker.start()
+                for server in web_servers:
+                    server.start()
+                _run(
+                    requests=args.requests,
+                    clients=args.clients,
+                    run=run,
+                    web=web_servers[0],
+                    baseline_web=web_servers[1],
+                    smtp=smtp,
+                    worker=worker,
+                    broker=redis_server.client(),
+                    database_given=database_given,
+                )
+            finally:
+                for server in web_servers:
+                    server.stop()
+                worker.stop()
+                if database_given:
+                    _forget_run(run)
         finally:
-            for server in web_servers:
-                server.stop()
-            worker.stop()
-            if database_given:
-                _forget_run(run)
-    finally:
-        smtp.stop()
-        if redis_server is not None:
-            _stop(redis_server)
-        shutil.rmtree(workdir, ignore_errors=True)
+            smtp.stop()
 
 
 def _run(
@@ -184,7 +177,7 @@ def _run(
     web: "WebServer",
     baseline_web: "WebServer",
     smtp: SmtpServer,
-    worker: "Worker",
+    worker: "SignupWorker",
     broker: redis.Redis,
     database_given: bool,
 ) -> None:
@@ -279,7 +272,7 @@ def _signup(*, server: "WebServer", path: str, email: str) -> float:
     return elapsed
 
 
-def _wait_until_drained(*, run: str, worker: "Worker", broker: redis.Redis) -> None:
+def _wait_until_drained(*, run: str, worker: "SignupWorker", broker: redis.Redis) -> None:
     """Return once every email of this run is settled (sent, or failed for good) and neither the
     broker nor the worker holds a message that could send one again; or once no email settled
     for STUCK_SECONDS, leaving what never arrived to the delivery count."""
@@ -397,28 +390,28 @@ def baseline_application():
 # --- processes ----------------------------------------------------------------------------------
 
 
-class WebServer:
+class WebServer(support.Server):
     """gunicorn with the Procfile's options, on a free port of 127.0.0.1."""
 
     def __init__(self, *, application: str, logfile: Path) -> None:
+        super().__init__(logfile=logfile)
         self.application = application
-        self.port = _free_port()
-        self.logfile = logfile
-        self.process: subprocess.Popen | None = None
+        self.port = support.free_port()
 
-    def start(self) -> None:
+    def start(self) -> "WebServer":
         command = [
             sys.executable, "-m", "gunicorn", self.application,
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(WEB_WORKERS),
             "--timeout", "30", "--graceful-timeout", "20",
         ]  # fmt: skip
         with self.logfile.open("wb") as log:
-            self.process = _spawn(command, log=log)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            self.process = support.spawn(command, log=log)
+        deadline = time.monotonic() + support.START_TIMEOUT_SECONDS
         while not self._answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start:\n{self.log_tail()}")
             time.sleep(0.1)
+        return self
 
     def _answers(self) -> bool:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
@@ -430,42 +423,14 @@ class WebServer:
         finally:
             connection.close()
 
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop(self.process)
-            self.process = None
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-
-
-class Worker:
-    """One `celery -A config worker` on every queue, prefork, as the Procfile runs it
-    (tests.services.WorkerProcess would also load the test-only tasks)."""
+class SignupWorker(support.Worker):
+    """One worker on every queue, at the Procfile's size; it sends the verification emails."""
 
     def __init__(self, *, logfile: Path) -> None:
-        self.name = f"bench-signup-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        self.logfile = logfile
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        from django.conf import settings
-
-        from config.celery import app
-
-        command = [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
-            "--hostname", self.name, "--queues", ",".join(settings.JOB_QUEUES),
-            "--concurrency", str(WORKER_CONCURRENCY), "--pool", "prefork", "--loglevel", "INFO",
-            # A lone worker has no peers to synchronise with; skip the start-up wait.
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        with self.logfile.open("wb") as log:
-            self.process = _spawn(command, log=log)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not app.control.ping(destination=[self.name], timeout=0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker never answered a ping:\n{self.log_tail()}")
+        super().__init__(
+            name_prefix="bench-signup", logfile=logfile, concurrency=WORKER_CONCURRENCY
+        )
 
     def idle(self) -> bool:
         """Nothing running, prefetched or waiting for a countdown (a rate-limit deferral)."""
@@ -475,84 +440,6 @@ class Worker:
         replies = [inspect.active(), inspect.reserved(), inspect.scheduled()]
         # No reply at all is not idleness: the worker may be too busy to answer.
         return all(reply and not any(reply.values()) for reply in replies)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop(self.process)
-            self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_redis(*, port: int, workdir: Path) -> subprocess.Popen:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
-    command = [
-        executable, "--port", str(port), "--bind", "127.0.0.1",
-        # In memory only, like the broker the tests use: persistence would time the disk.
-        "--save", "", "--appendonly", "no", "--dir", str(workdir),
-    ]  # fmt: skip
-    with (workdir / "redis.log").open("wb") as log:
-        process = _spawn(command, log=log)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
-                raise RuntimeError(f"redis-server did not start on port {port}") from None
-            time.sleep(0.05)
-
-
-def _configure_environment(*, redis_url: str, smtp_port: int, workdir: Path) -> None:
-    """Point this process, `migrate`, gunicorn and the worker at the private services.
-
-    Set, not defaulted: a developer's .env must not send the benchmark to real services. Only
-    DATABASE_URL comes from the shell, to benchmark PostgreSQL.
-    """
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_RESULT_BACKEND": redis_url,
-            "DATABASE_URL": os.environ.get("DATABASE_URL")
-            or f"sqlite:///{workdir / 'bench.sqlite3'}",
-            "EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}",
-            # Production mode: with DEBUG on, Django would keep every SQL statement in memory.
-            "DEBUG": "0",
-            "SECRET_KEY": "bench-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
-            "SECURE_SSL_REDIRECT": "0",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            # Every signup comes from one IP, hundreds an hour: the production limits (5/h per
-            # address, 30/h per IP) would refuse the benchmark, which is no abuser.
-            "ACCOUNT_EMAIL_RATE_PER_ADDRESS": "1000/h",
-            "ACCOUNT_EMAIL_RATE_PER_IP": "100000/h",
-        }
-    )
-
-
-def _migrate() -> None:
-    # In a subprocess, before this process sets Django up: as a deploy's one-shot migrate does.
-    result = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode:
-        raise RuntimeError(f"migrate failed:\n{result.stdout}{result.stderr}")
 
 
 def _forget_run(run: str) -> None:
@@ -571,77 +458,20 @@ def _forget_run(run: str) -> None:
     User.objects.filter(email__startswith=_address_prefix(run)).delete()
 
 
-def _spawn(command: list[str], *, log) -> subprocess.Popen:
-    # In a session of its own: a Ctrl-C in the terminal reaches only this process, which stops
-    # the servers in order (gunicorn finishes the request in flight) instead of every process
-    # dying at once mid-request and the run ending on a 500.
-    return subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    # SIGTERM first: gunicorn's graceful stop, the worker's warm shutdown, redis's clean exit.
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # --- output -------------------------------------------------------------------------------------
 
 
 def _print_header(*, requests: int, clients: int, rounds: int, database_given: bool) -> None:
-    from django.conf import settings
-    from django.db import connection
-
-    command = shlex.join(
-        [
-            os.path.relpath(sys.executable, REPO_ROOT),
-            "bench/signup.py",
-            "--requests",
-            str(requests),
-            "--clients",
-            str(clients),
-        ]
-    )
-    if database_given:
-        where = _without_password(os.environ["DATABASE_URL"])
-        reproduce = [f"DATABASE_URL={shlex.quote(where)} {command}"]
-    else:
-        where = "a file in a temporary folder"
-        reproduce = [
-            command,
-            f"DATABASE_URL=postgres://USER:PASSWORD@HOST:5432/NAME {command}  # on PostgreSQL",
-        ]
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("PRAGMA journal_mode")
-            database = (
-                f"SQLite {connection.Database.sqlite_version}, journal {cursor.fetchone()[0]}"
-            )
-        else:
-            cursor.execute("SELECT version()")
-            database = cursor.fetchone()[0].split(" on ")[0]
-    redis_version = redis.Redis.from_url(settings.REDIS_URL).info("server")["redis_version"]
-
-    print("Signup latency: POST /api/v1/auth/signup, a new address each time")
-    print()
-    print(f"reproduce   cd {REPO_ROOT}")
-    for line in reproduce:
-        print(f"            {line}")
-    print(f"database    {database}, {where}")
-    # Other processes' load skews every figure; the reader should know it was there.
-    print(
-        f"machine     {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
-        f"load average {_load()} at the start"
+    support.print_run_header(
+        title="Signup latency: POST /api/v1/auth/signup, a new address each time",
+        script="bench/signup.py",
+        arguments=["--requests", str(requests), "--clients", str(clients)],
+        database_given=database_given,
     )
     print(
         f"versions    Python {platform.python_version()}, Django {django.__version__}, "
         f"Celery {celery.__version__}, gunicorn {gunicorn.__version__}, "
-        f"redis-server {redis_version}"
+        f"redis-server {support.redis_server_version()}"
     )
     print(
         f"processes   gunicorn, {WEB_WORKERS} sync workers (one server per path); one celery "
@@ -670,11 +500,11 @@ def _print_header(*, requests: int, clients: int, rounds: int, database_given: b
 def _print_results(
     *, scenarios: list[Scenario], received: Counter, hash_seconds: list[float], hasher: str
 ) -> None:
-    hash_ms = _percentile(hash_seconds, 50) * 1000
+    hash_ms = support.percentile(hash_seconds, 50) * 1000
     print(f"{'scenario':42}{'p50 ms':>9}{'p99 ms':>9}{'hashing/p50':>13}   emails")
     for scenario in scenarios:
         p50_ms = scenario.p50_ms()
-        p99_ms = _percentile(scenario.latencies, 99) * 1000
+        p99_ms = support.percentile(scenario.latencies, 99) * 1000
         print(
             f"{scenario.label:42}{p50_ms:>9.1f}{p99_ms:>9.1f}{hash_ms / p50_ms:>13.0%}   "
             f"{_delivery(scenario.recipients, received)}"
@@ -695,7 +525,7 @@ def _print_results(
         f"{f'<= {MAX_SLOW_FAST_RATIO:g}':>9}{verdict:>13}"
     )
     print()
-    print(f"load average {_load()} at the end")
+    print(f"load average {support.load_average()} at the end")
 
 
 def _delivery(recipients: list[str], received: Counter) -> str:
@@ -711,23 +541,5 @@ def _delivery(recipients: list[str], received: Counter) -> str:
     return summary
 
 
-def _load() -> str:
-    return ", ".join(f"{average:.2f}" for average in os.getloadavg())
-
-
-def _percentile(values: list[float], percent: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)  # Ctrl-C: everything started is stopped by now; no traceback to read
+    support.run(main)
