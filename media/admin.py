@@ -1,5 +1,4 @@
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -57,9 +56,6 @@ class UploadAdmin(admin.ModelAdmin):
     def process_again(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
         count = 0
         for upload in queryset:
-            # The admin runs actions outside a transaction. Each upload's reset commits as a
-            # whole, and its pipeline is published on that commit, never before it.
-            with transaction.atomic():
-                services.upload_reprocess(upload=upload)
+            services.upload_reprocess(upload=upload)  # its own transaction, durable enqueue
             count += 1
         self.message_user(request, f"{count} upload(s) queued to process again.", messages.SUCCESS)

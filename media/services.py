@@ -21,6 +21,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from jobs.idempotency import run_once
+from jobs.outbox import enqueue
 from media.images import (
     VARIANTS,
     VARIANTS_BY_NAME,
@@ -98,7 +99,7 @@ def upload_create(*, owner, file: UploadedFile) -> Upload:
     try:
         with transaction.atomic():
             upload.save(force_insert=True)
-            transaction.on_commit(lambda: upload_pipeline_start(upload_id=upload.pk))
+            _pipeline_enqueue(upload.pk)
     except BaseException:
         shutil.rmtree(upload_folder(upload.pk), ignore_errors=True)
         raise
@@ -109,8 +110,18 @@ def upload_too_large_message() -> str:
     return f"The file is larger than {settings.UPLOAD_MAX_BYTES // (1024 * 1024)} MB."
 
 
-def upload_pipeline_start(*, upload_id: UUID) -> None:
-    """Publish the canvas. Also the admin's "process again": every step is idempotent."""
+def _pipeline_enqueue(upload_id: UUID) -> None:
+    """Start the pipeline once the caller's transaction commits, durably: a canvas cannot go
+    through the outbox, so the outbox carries one small task that publishes it from a worker.
+    An upload accepted while the broker is down is processed when the broker is back."""
+    from media import tasks
+
+    enqueue(tasks.start_pipeline, upload_id=str(upload_id))
+
+
+def upload_pipeline_start(*, upload_id: str) -> None:
+    """Publish the canvas (from the `media.start_pipeline` task). Publishing it twice (a
+    redelivered start) runs idempotent steps twice: the same files, rows and status."""
     from media import tasks
 
     canvas = chain(
@@ -128,10 +139,9 @@ def upload_delete(*, upload: Upload) -> None:
     """The row goes now (the user sees it gone at once); the files go in the background."""
     from media import tasks
 
-    upload_id = str(upload.pk)
     with transaction.atomic():
+        enqueue(tasks.delete_files, upload_id=str(upload.pk))
         upload.delete()
-        transaction.on_commit(lambda: tasks.delete_files.delay(upload_id))
 
 
 def upload_files_delete(*, upload_id: str) -> None:
@@ -227,16 +237,17 @@ def upload_fail(*, upload_id: str, reason: str) -> None:
 
 def upload_reprocess(*, upload: Upload) -> None:
     """Run the pipeline again (admin). Needs the original or the source still on disk."""
-    Upload.objects.filter(pk=upload.pk).update(
-        status=Upload.Status.QUEUED, progress=0, error="", updated_at=timezone.now()
-    )
-    UploadVariant.objects.filter(upload=upload).delete()
     source = _source_path(upload.pk)
     original = upload_file_path(upload.pk, "original")
     if not source.exists() and original is not None:
         # Normalizing the normalized original gives the same image: the pipeline starts there.
         shutil.copyfile(original, source)
-    transaction.on_commit(lambda: upload_pipeline_start(upload_id=upload.pk))
+    with transaction.atomic():
+        Upload.objects.filter(pk=upload.pk).update(
+            status=Upload.Status.QUEUED, progress=0, error="", updated_at=timezone.now()
+        )
+        UploadVariant.objects.filter(upload=upload).delete()
+        _pipeline_enqueue(upload.pk)
 
 
 def _forget_files_if_deleted_meanwhile(upload_id: str) -> None:

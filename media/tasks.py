@@ -30,6 +30,11 @@ STEP = {
 }
 
 
+@shared_task(name="media.start_pipeline", queue="media", idempotent=True)
+def start_pipeline(upload_id: str) -> None:
+    services.upload_pipeline_start(upload_id=upload_id)
+
+
 @shared_task(name="media.normalize", **STEP)
 def normalize(upload_id: str) -> None:
     services.upload_normalize(upload_id=upload_id)

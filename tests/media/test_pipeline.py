@@ -78,3 +78,25 @@ def test_an_exif_rotated_12mp_photo_comes_out_upright_without_gps_in_every_size(
         top = image.convert("RGB").getpixel((image.width // 2, 2))
         assert top[0] > 150 and top[2] < 100, (name, top)
     assert Upload.objects.get(pk=upload_id).status == Upload.Status.READY
+
+
+def test_an_upload_accepted_while_the_broker_is_down_is_processed_once_it_is_back(
+    owner_client, celery_worker, redis_server
+):
+    from jobs.models import OutboxMessage
+    from jobs.outbox import outbox_relay, publish_circuit
+
+    # given a broker that is down
+    redis_server.stop()
+    # when a photo is uploaded
+    response = upload(owner_client, photo(width=800, height=600))
+    # then it is accepted, its pipeline waiting in the outbox rather than lost
+    assert response.status_code == 202, response.content
+    assert OutboxMessage.objects.filter(task_name="media.start_pipeline").get().status == "pending"
+    # when the broker comes back (empty) and the relay runs, as beat makes it every few seconds
+    redis_server.start()
+    publish_circuit.record_success()
+    eventually(lambda: outbox_relay() or None, timeout=15)
+    # then the upload ends ready
+    upload_id = response.json()["id"]
+    eventually(lambda: Upload.objects.get(pk=upload_id).status == Upload.Status.READY, timeout=60)
