@@ -4,8 +4,10 @@ Every function reads a path and writes a path; the same input always gives the s
 file, so a step that runs twice (a redelivered task) rewrites identical bytes.
 """
 
+import math
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ VARIANTS_BY_NAME = {spec.name: spec for spec in VARIANTS}
 # costs ~3x the CPU (bench/images.py). Variants are progressive: browsers show them early.
 ORIGINAL_JPEG = {"quality": 85, "optimize": True, "progressive": False}
 VARIANT_JPEG = {"quality": 85, "optimize": True, "progressive": True}
+# thumbnail()'s two-step resize: integer reduce() until the LANCZOS pass is at most 3x, which
+# Pillow documents as indistinguishable from a fair resampling in most cases.
+REDUCING_GAP = 3.0
 
 
 class ImageRejected(Exception):
@@ -95,85 +100,169 @@ def output_suffix(image: Image.Image) -> str:
     return ".png" if image.mode == "RGBA" else ".jpg"
 
 
-def image_normalize(source: Path, destination_stem: Path) -> tuple[Path, int, int]:
-    """Upright, metadata-free, 8-bit RGB(A) re-encode of the source. Returns (path, w, h).
+@dataclass(frozen=True)
+class WrittenImage:
+    path: Path
+    width: int
+    height: int
+
+
+def image_normalize(
+    source: Path, folder: Path, *, variants: Iterable[VariantSpec] = ()
+) -> dict[str, WrittenImage]:
+    """Upright, metadata-free, 8-bit RGB(A) re-encode of the source as `folder/original.*`,
+    and each of `variants` resized from the same pixels. Returns what it wrote, by name
+    ("original", then each variant's).
 
     EXIF orientation is applied to the pixels, then every piece of metadata (EXIF with its GPS
     position, XMP, ICC, comments) is dropped by re-encoding without it.
     """
     with _opened(source) as image:
         image.seek(0)  # first frame of an animation: variants are still images
-        upright = ImageOps.exif_transpose(image)
-        clean = _as_rgb_or_rgba(upright)
+        # In place: a 12 MP image is 48 MB of pixels, and a needless copy of it costs a third
+        # of the CPU of decoding it (most of it faulting in fresh pages).
+        ImageOps.exif_transpose(image, in_place=True)
+        clean = _as_rgb_or_rgba(image)
         clean.info.clear()  # some encoders copy metadata from .info unless told otherwise
-        destination = destination_stem.with_suffix(output_suffix(clean))
-        _save_atomically(clean, destination, jpeg_options=ORIGINAL_JPEG)
-        return destination, clean.width, clean.height
+        written = {"original": _save_atomically(clean, folder / "original", ORIGINAL_JPEG)}
+        for spec in variants:
+            written[spec.name] = _variant_write(clean, folder, spec)
+        return written
 
 
-def image_variant_make(
-    original: Path, destination_stem: Path, spec: VariantSpec
-) -> tuple[Path, int, int]:
-    """Resize the normalized original for one variant, never upscaling. Returns (path, w, h).
+def image_variant_make(original: Path, folder: Path, spec: VariantSpec) -> WrittenImage:
+    """Resize the normalized original for one variant as `folder/<name>.*`, never upscaling.
 
-    JPEG sources are decoded at a reduced scale (draft mode: libjpeg skips the work, so a thumb
-    of a 12 MP photo decodes ~1/64 of its pixels) and `reducing_gap` shrinks by integer factors
-    before the final filter: the same output as a full decode and resize, for a fraction of
-    the CPU.
+    A JPEG original is decoded at a reduced scale (draft mode: libjpeg skips the work, so a
+    thumb of a 12 MP photo decodes 1/64 of its pixels), the smallest scale still at least as
+    large as the variant; `reducing_gap` then shrinks by integer factors before the final
+    LANCZOS filter. The variant's size is computed from the full size, so it is the same
+    whatever scale the decoder used.
     """
-    with _opened(original, fit_within=lambda size: _target_box(size, spec)) as image:
-        box = _target_box(image.size, spec)
-        if spec.square_crop:
-            resized = ImageOps.fit(image, box, method=Image.Resampling.LANCZOS)
-        else:
-            resized = image.copy()
-            resized.thumbnail(box, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        resized.info.clear()
-        destination = destination_stem.with_suffix(output_suffix(resized))
-        _save_atomically(resized, destination, jpeg_options=VARIANT_JPEG)
-        return destination, resized.width, resized.height
+    image = _open(original)
+    with image:
+        full_size = image.size
+        scale = 1.0
+        if image.format == "JPEG":
+            # draft() answers with the full image's box at the scale it chose.
+            drafted = image.draft("RGB", _decode_size_needed(full_size, spec))
+            if drafted is not None:
+                scale = full_size[0] / drafted[1][2]
+        _decode(image)
+        return _variant_write(image, folder, spec, full_size=full_size, scale=scale)
 
 
-def _target_box(size: tuple[int, int], spec: VariantSpec) -> tuple[int, int]:
+def variants_needing_every_pixel(size: tuple[int, int]) -> tuple[VariantSpec, ...]:
+    """The variants of a `size` image that no reduced-scale decode can serve.
+
+    In a task of its own, such a variant would decode the whole original again, a decode
+    normalize has just paid for (a 2048 px variant of a 4000 px photo: 1/2 scale gives only
+    2000 px; the second decode was a sixth of the photo's CPU in bench/images.py). normalize
+    holds those pixels, so it makes them. A larger photo leaves them all to tasks of their
+    own, each decoding at 1/2 scale or less.
+    """
+    return tuple(spec for spec in VARIANTS if reduced_decode_scale(size, spec) == 1)
+
+
+def reduced_decode_scale(size: tuple[int, int], spec: VariantSpec) -> int:
+    """1, 2, 4 or 8: how many times smaller than `size` a JPEG decoder may decode the image
+    and still hold every pixel the variant needs, as Pillow's JpegImageFile.draft() picks it
+    (libjpeg's scaled IDCT offers 1/2, 1/4 and 1/8)."""
+    needed = _decode_size_needed(size, spec)
+    fits = min(full // need for full, need in zip(size, needed, strict=True))
+    return next(scale for scale in (8, 4, 2, 1) if fits >= scale)
+
+
+def _decode_size_needed(size: tuple[int, int], spec: VariantSpec) -> tuple[int, int]:
+    # The whole image at the scale where the variant's region is as large as the variant.
+    output, crop = _variant_geometry(size, spec)
+    crop_width, crop_height = crop[2] - crop[0], crop[3] - crop[1]
+    return (
+        math.ceil(size[0] * output[0] / crop_width),
+        math.ceil(size[1] * output[1] / crop_height),
+    )
+
+
+def _variant_write(
+    image: Image.Image,
+    folder: Path,
+    spec: VariantSpec,
+    *,
+    full_size: tuple[int, int] | None = None,
+    scale: float = 1.0,
+) -> WrittenImage:
+    """Resize `image` (the original, or the original decoded at 1/`scale` of `full_size`)
+    for one variant and write it."""
+    size, crop = _variant_geometry(full_size or image.size, spec)
+    resized = image.resize(
+        size,
+        Image.Resampling.LANCZOS,
+        box=tuple(edge / scale for edge in crop),
+        reducing_gap=REDUCING_GAP,
+    )
+    return _save_atomically(resized, folder / spec.name, VARIANT_JPEG)
+
+
+def _variant_geometry(
+    size: tuple[int, int], spec: VariantSpec
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """(output size, region of the source it shows): the centred square for a cropped
+    variant, the whole image otherwise."""
     width, height = size
     if spec.square_crop:
-        side = min(spec.long_edge, width, height)
-        return side, side
+        crop_side = min(width, height)
+        side = min(spec.long_edge, crop_side)
+        left, top = (width - crop_side) // 2, (height - crop_side) // 2
+        return (side, side), (left, top, left + crop_side, top + crop_side)
     scale = min(1.0, spec.long_edge / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    output = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return output, (0, 0, width, height)
 
 
-def _opened(path: Path, *, fit_within=None):
-    """Open and decode; with `fit_within(size) -> box`, a JPEG is decoded at the smallest
-    scale still at least as large as the box (must be set before decoding)."""
+def _opened(path: Path) -> Image.Image:
+    """Open and decode at full scale."""
+    image = _open(path)
+    _decode(image)
+    return image
+
+
+def _open(path: Path) -> Image.Image:
     try:
-        image = Image.open(path, formats=ACCEPTED_FORMATS)
-        if fit_within is not None and image.format == "JPEG":
-            image.draft("RGB", fit_within(image.size))
-        image.load()  # decode now, so a truncated or corrupt file fails here, clearly
+        return Image.open(path, formats=ACCEPTED_FORMATS)
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as error:
         raise ImageBroken(f"The image could not be decoded: {error}") from error
-    return image
+
+
+def _decode(image: Image.Image) -> None:
+    # Decode now, so a truncated or corrupt file fails here, clearly.
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
+        raise ImageBroken(f"The image could not be decoded: {error}") from error
 
 
 def _as_rgb_or_rgba(image: Image.Image) -> Image.Image:
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
     )
+    if image.mode == ("RGBA" if has_alpha else "RGB"):
+        return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: scale to 8 bits before RGB (a plain convert would clip to white).
         image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def _save_atomically(image: Image.Image, destination: Path, *, jpeg_options: dict) -> None:
-    """Write beside the destination, then rename: a worker killed mid-write never leaves half
-    a file under the final name for the next step to read.
+def _save_atomically(image: Image.Image, stem: Path, jpeg_options: dict) -> WrittenImage:
+    """Write `stem` + the suffix its mode needs beside the destination, then rename: a worker
+    killed mid-write never leaves half a file under the final name for the next step to read.
 
     The partial file's name is fixed, not random, so the step's rerun writes over what the
     killed run left and renames it away: nothing accumulates. Two runs writing at once write
     the same bytes (the output is deterministic), so they cannot corrupt each other.
     """
+    destination = stem.with_suffix(output_suffix(image))
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.name}.partial")
     if destination.suffix == ".jpg":
@@ -181,3 +270,4 @@ def _save_atomically(image: Image.Image, destination: Path, *, jpeg_options: dic
     else:
         image.save(partial, "PNG", optimize=False)
     os.replace(partial, destination)
+    return WrittenImage(destination, image.width, image.height)

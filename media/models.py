@@ -43,8 +43,8 @@ class Upload(models.Model):
 
 
 class UploadVariant(models.Model):
-    """One resized copy. Written by its own task; unique per upload and name, so a task that
-    runs twice updates its row instead of adding one."""
+    """One resized copy. Written by its own task (or by normalize); unique per upload and name,
+    so a step that runs twice updates its row instead of adding one."""
 
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="variants")
     name = models.CharField(max_length=20)

@@ -2,6 +2,9 @@
 
     normalize -> group(one task per variant) -> finalize -> notify
 
+normalize also makes the variants that need every pixel of the original (for a 12 MP photo,
+`large`): it holds those pixels already, and a task of their own would decode them again.
+
 Each step is idempotent: it writes deterministic paths (re-running rewrites the same files),
 records its result with an upsert, and guards its status transition, so a step delivered
 twice (a worker killed mid-task, a relay re-publish) leaves the same state as once.
@@ -9,6 +12,7 @@ twice (a worker killed mid-task, a relay re-publish) leaves the same state as on
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
 
@@ -26,9 +30,11 @@ from media.images import (
     VARIANTS,
     VARIANTS_BY_NAME,
     ImageRejected,
+    WrittenImage,
     image_header_read,
     image_normalize,
     image_variant_make,
+    variants_needing_every_pixel,
 )
 from media.models import Upload, UploadVariant
 
@@ -124,15 +130,21 @@ def upload_pipeline_start(*, upload_id: str) -> None:
     redelivered start) runs idempotent steps twice: the same files, rows and status."""
     from media import tasks
 
-    canvas = chain(
-        tasks.normalize.si(str(upload_id)),
-        chord(
-            group(tasks.make_variant.si(str(upload_id), spec.name) for spec in VARIANTS),
-            tasks.finalize.si(str(upload_id)),
-        ),
-        tasks.notify.si(str(upload_id)),
-    )
-    canvas.apply_async()
+    upload = _live_upload(upload_id)
+    if upload is None:
+        return  # deleted before its pipeline started
+    # Rotation swaps width and height, which changes no variant's decode scale: the header's
+    # size decides as well as the upright one would.
+    full_decode = variants_needing_every_pixel((upload.width, upload.height))
+    in_normalize = [spec.name for spec in full_decode]
+    own_tasks = [spec.name for spec in VARIANTS if spec.name not in in_normalize]
+    finalize = tasks.finalize.si(upload_id)
+    if own_tasks:
+        # A chord: finalize runs once every variant task of the group has returned.
+        variants = group(tasks.make_variant.si(upload_id, name) for name in own_tasks)
+        finalize = chord(variants, finalize)
+    normalize = tasks.normalize.si(upload_id, in_normalize)
+    chain(normalize, finalize, tasks.notify.si(upload_id)).apply_async()
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -152,7 +164,8 @@ def upload_files_delete(*, upload_id: str) -> None:
 # --- pipeline steps -------------------------------------------------------------------------
 
 
-def upload_normalize(*, upload_id: str) -> None:
+def upload_normalize(*, upload_id: str, variants: Sequence[str] = ()) -> None:
+    """Write the normalized original, and the named variants from the same pixels."""
     upload = _live_upload(upload_id)
     if upload is None:
         return
@@ -162,14 +175,21 @@ def upload_normalize(*, upload_id: str) -> None:
     source = _source_path(upload_id)
     if not source.exists() and upload_file_path(upload_id, "original") is not None:
         return  # redelivered after the source was already normalized and removed
-    original, width, height = image_normalize(source, upload_folder(upload_id) / "original")
-    Upload.objects.filter(pk=upload_id).update(
-        width=width,
-        height=height,
-        original_bytes=original.stat().st_size,
-        progress=NORMALIZED_PROGRESS,
-        updated_at=timezone.now(),
+    written = image_normalize(
+        source, upload_folder(upload_id), variants=[VARIANTS_BY_NAME[name] for name in variants]
     )
+    original = written.pop("original")
+    with transaction.atomic():
+        Upload.objects.filter(pk=upload_id).update(
+            width=original.width,
+            height=original.height,
+            original_bytes=original.path.stat().st_size,
+            updated_at=timezone.now(),
+        )
+        for name, image in written.items():
+            _variant_record(upload_id=upload_id, name=name, image=image)
+        _progress_advance(upload_id)
+    # Only now: until the rows above are written, a rerun needs the source to start again.
     source.unlink(missing_ok=True)  # it still carries the GPS position
     _forget_files_if_deleted_meanwhile(upload_id)
 
@@ -181,22 +201,28 @@ def upload_variant_make(*, upload_id: str, name: str) -> None:
     original = upload_file_path(upload_id, "original")
     if original is None:
         raise FileNotFoundError(f"normalized original of {upload_id} is missing")
-    path, width, height = image_variant_make(
-        original, upload_folder(upload_id) / name, VARIANTS_BY_NAME[name]
-    )
+    image = image_variant_make(original, upload_folder(upload_id), VARIANTS_BY_NAME[name])
     with transaction.atomic():
-        UploadVariant.objects.update_or_create(
-            upload_id=upload_id,
-            name=name,
-            defaults={"width": width, "height": height, "bytes": path.stat().st_size},
-        )
-        done = UploadVariant.objects.filter(upload_id=upload_id).count()
-        progress = NORMALIZED_PROGRESS + (100 - NORMALIZED_PROGRESS - 1) * done // len(VARIANTS)
-        # Only ever forward: variants finish in any order, and a late one must not move it back.
-        Upload.objects.filter(pk=upload_id, progress__lt=progress).update(
-            progress=progress, updated_at=timezone.now()
-        )
+        _variant_record(upload_id=upload_id, name=name, image=image)
+        _progress_advance(upload_id)
     _forget_files_if_deleted_meanwhile(upload_id)
+
+
+def _variant_record(*, upload_id: str, name: str, image: WrittenImage) -> None:
+    UploadVariant.objects.update_or_create(
+        upload_id=upload_id,
+        name=name,
+        defaults={"width": image.width, "height": image.height, "bytes": image.path.stat().st_size},
+    )
+
+
+def _progress_advance(upload_id: str) -> None:
+    done = UploadVariant.objects.filter(upload_id=upload_id).count()
+    progress = NORMALIZED_PROGRESS + (100 - NORMALIZED_PROGRESS - 1) * done // len(VARIANTS)
+    # Only ever forward: variants finish in any order, and a late one must not move it back.
+    Upload.objects.filter(pk=upload_id, progress__lt=progress).update(
+        progress=progress, updated_at=timezone.now()
+    )
 
 
 def upload_finalize(*, upload_id: str) -> bool:

@@ -184,7 +184,7 @@ def test_a_step_killed_while_writing_leaves_no_partial_file_once_it_has_run_agai
     source.write_bytes(slow_png())
     # given normalize running in a process of its own, caught mid-write
     child = multiprocessing.get_context("fork").Process(
-        target=image_normalize, args=(source, tmp_path / "original")
+        target=image_normalize, args=(source, tmp_path)
     )
     child.start()
     try:
@@ -196,7 +196,7 @@ def test_a_step_killed_while_writing_leaves_no_partial_file_once_it_has_run_agai
             child.kill()  # the wait above failed: leave no stray process behind
         child.join(timeout=10)
     assert child.exitcode == -signal.SIGKILL
-    image_normalize(source, tmp_path / "original")
+    image_normalize(source, tmp_path)
     # then there is the original beside the source, and nothing else
     assert sorted(path.name for path in tmp_path.iterdir()) == ["original.png", "source.upload"]
 

@@ -6,15 +6,17 @@ No worker, no database: these functions read a path and write a path.
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from media.images import (
     VARIANTS,
     VARIANTS_BY_NAME,
     ImageRejected,
+    WrittenImage,
     image_header_read,
     image_normalize,
     image_variant_make,
+    variants_needing_every_pixel,
 )
 from tests.media.images_for_tests import (
     XMP_PACKET,
@@ -118,10 +120,11 @@ def test_every_accepted_kind_of_image_normalizes_to_8_bit_rgb_or_rgba_without_me
     # given an image of one of the modes cameras, editors and browsers produce
     path = written(tmp_path, "source.upload", source())
     # when it is normalized
-    original, width, height = image_normalize(path, tmp_path / "original")
+    original = image_normalize(path, tmp_path)["original"]
+    width, height = original.width, original.height
     # then it is 8-bit RGB (a photo, as JPEG) or RGBA (transparency, as PNG), with no metadata
-    assert original == tmp_path / f"original{suffix}"
-    image = assert_clean_8_bit(original, mode=mode)
+    assert original.path == tmp_path / f"original{suffix}"
+    image = assert_clean_8_bit(original.path, mode=mode)
     assert image.size == (width, height) == Image.open(path).size
     # and its pixels are what the source showed (not clipped, inverted or another frame)
     assert close(image.getpixel((4, height // 2)), left), image.getpixel((4, height // 2))
@@ -135,11 +138,11 @@ def test_xmp_a_comment_an_icc_profile_and_exif_with_gps_are_all_dropped(tmp_path
         assert {"exif", "xmp", "icc_profile", "comment"} <= set(before.info)
         assert XMP_PACKET in source.read_bytes()
     # when it is normalized, and a variant made from it
-    original, _, _ = image_normalize(source, tmp_path / "original")
-    variant, _, _ = image_variant_make(original, tmp_path / "small", VARIANTS_BY_NAME["small"])
-    # then neither file carries any of it
-    assert_clean_8_bit(original, mode="RGB")
-    assert_clean_8_bit(variant, mode="RGB")
+    outputs = image_normalize(source, tmp_path, variants=[VARIANTS_BY_NAME["large"]])
+    variant = image_variant_make(outputs["original"].path, tmp_path, VARIANTS_BY_NAME["small"])
+    # then none of the files carries any of it
+    for image in [*outputs.values(), variant]:
+        assert_clean_8_bit(image.path, mode="RGB")
 
 
 def test_normalize_and_variants_of_an_image_with_alpha_carry_no_metadata(tmp_path):
@@ -152,9 +155,10 @@ def test_normalize_and_variants_of_an_image_with_alpha_carry_no_metadata(tmp_pat
     content = encoded(gradient(120, 90, "RGBA"), "PNG", pnginfo=text)
     source = written(tmp_path, "source.upload", content)
     # when it is normalized and every variant made
-    original, _, _ = image_normalize(source, tmp_path / "original")
-    files = [original] + [
-        image_variant_make(original, tmp_path / spec.name, spec)[0] for spec in VARIANTS
+    outputs = image_normalize(source, tmp_path, variants=VARIANTS[-1:])
+    original = outputs["original"].path
+    files = [image.path for image in outputs.values()] + [
+        image_variant_make(original, tmp_path, spec).path for spec in VARIANTS[:-1]
     ]
     # then every file is a clean 8-bit RGBA PNG
     for path in files:
@@ -165,34 +169,82 @@ def test_normalize_and_variants_of_an_image_with_alpha_carry_no_metadata(tmp_pat
 # --- variants --------------------------------------------------------------------------------
 
 
+def variants_made(source: Path, folder: Path, *, by: str) -> dict[str, WrittenImage]:
+    """Every variant of `source`, made the one way or the other way the pipeline makes them:
+    by normalize from the pixels it holds, or by a task of their own from the original."""
+    if by == "normalize":
+        outputs = image_normalize(source, folder, variants=VARIANTS)
+        del outputs["original"]
+        return outputs
+    original = image_normalize(source, folder)["original"].path
+    return {spec.name: image_variant_make(original, folder, spec) for spec in VARIANTS}
+
+
+MADE_BY = pytest.mark.parametrize("by", ["normalize", "own-task"])
+
+
+@MADE_BY
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
-def test_variants_never_upscale_a_small_image_and_the_thumb_is_a_min_side_square(tmp_path, mode):
+def test_variants_never_upscale_a_small_image_and_the_thumb_is_a_min_side_square(
+    tmp_path, mode, by
+):
     # given a 100x80 image (as a JPEG original, or a PNG one when it has alpha)
-    content = encoded(gradient(100, 80, mode), "PNG")
-    original, _, _ = image_normalize(written(tmp_path, "s", content), tmp_path / "original")
+    source = written(tmp_path, "s", encoded(gradient(100, 80, mode), "PNG"))
     # when every variant is made
-    sizes = {}
-    for spec in VARIANTS:
-        path, width, height = image_variant_make(original, tmp_path / spec.name, spec)
-        assert Image.open(path).size == (width, height)
-        sizes[spec.name] = (width, height)
+    variants = variants_made(source, tmp_path, by=by)
     # then no variant is larger than the image, and the thumb is the largest centred square
+    sizes = {name: (image.width, image.height) for name, image in variants.items()}
     assert sizes == {"thumb": (80, 80), "small": (100, 80), "medium": (100, 80),
                      "large": (100, 80)}  # fmt: skip
+    for image in variants.values():
+        assert Image.open(image.path).size == (image.width, image.height)
 
 
+@MADE_BY
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
-def test_variants_of_a_large_image_fit_their_long_edge_and_keep_the_aspect(tmp_path, mode):
+def test_variants_of_a_large_image_fit_their_long_edge_and_keep_the_aspect(tmp_path, mode, by):
     # given a 3000x1000 panorama
-    content = encoded(gradient(3000, 1000, mode), "PNG")
-    original, _, _ = image_normalize(written(tmp_path, "s", content), tmp_path / "original")
+    source = written(tmp_path, "s", encoded(gradient(3000, 1000, mode), "PNG"))
     # when every variant is made
-    sizes = {
-        spec.name: image_variant_make(original, tmp_path / spec.name, spec)[1:] for spec in VARIANTS
-    }
+    variants = variants_made(source, tmp_path, by=by)
     # then each fits its long edge at 3:1 (JPEG draft decoding changes none of them)
+    sizes = {name: (image.width, image.height) for name, image in variants.items()}
     assert sizes == {"thumb": (160, 160), "small": (480, 160), "medium": (1080, 360),
                      "large": (2048, 683)}  # fmt: skip
+
+
+def test_a_variant_from_a_reduced_scale_decode_shows_what_one_from_every_pixel_shows(tmp_path):
+    # given a 2400x1800 photo-like JPEG: a gradient, and a hard-edged square off centre, which
+    # a crop or a scale a few pixels off would move
+    picture = gradient(2400, 1800)
+    picture.paste((250, 250, 20), (1500, 400, 1900, 800))
+    source = written(tmp_path, "s", encoded(picture, "JPEG", quality=95))
+    # when every variant is made both ways: from the decoded pixels (normalize) and from a
+    # draft decode at 1/2, 1/4 or 1/8 scale (a task of its own)
+    from_pixels = variants_made(source, tmp_path / "pixels", by="normalize")
+    from_draft = variants_made(source, tmp_path / "draft", by="own-task")
+    # then each pair is the same picture: the same size and, pixel by pixel, within a few levels
+    for name, image in from_pixels.items():
+        a, b = Image.open(image.path), Image.open(from_draft[name].path)
+        assert a.size == b.size, name
+        difference = ImageStat.Stat(ImageChops.difference(a, b)).mean
+        assert max(difference) < 2.0, (name, difference)
+
+
+@pytest.mark.parametrize(
+    ("size", "needing_every_pixel"),
+    [
+        # A 12 MP photo: 1/2 scale gives 2000 px, less than large's 2048.
+        ((4000, 3000), ["large"]),
+        ((3000, 4000), ["large"]),
+        # 48 MP: large decodes at 1/2, the others at 1/4 or 1/8.
+        ((8000, 6000), []),
+        ((1600, 1200), ["medium", "large"]),
+        ((100, 80), ["thumb", "small", "medium", "large"]),
+    ],
+)
+def test_normalize_makes_the_variants_no_reduced_scale_decode_can_serve(size, needing_every_pixel):
+    assert [spec.name for spec in variants_needing_every_pixel(size)] == needing_every_pixel
 
 
 # --- determinism (a redelivered step rewrites identical files) ---------------------------------
@@ -213,9 +265,11 @@ def test_normalize_and_variants_write_byte_identical_files_every_time(tmp_path, 
     # more into another folder
     runs = []
     for folder in [tmp_path / "a", tmp_path / "a", tmp_path / "b"]:
-        original, _, _ = image_normalize(source, folder / "original")
-        files = [original] + [
-            image_variant_make(original, folder / spec.name, spec)[0] for spec in VARIANTS
+        # large as normalize makes it for a 12 MP photo, the others as tasks of their own
+        outputs = image_normalize(source, folder, variants=VARIANTS[-1:])
+        original = outputs["original"].path
+        files = [image.path for image in outputs.values()] + [
+            image_variant_make(original, folder, spec).path for spec in VARIANTS[:-1]
         ]
         runs.append({path.name: path.read_bytes() for path in files})
     # then every run wrote the very same bytes under the very same names

@@ -100,3 +100,44 @@ def test_an_upload_accepted_while_the_broker_is_down_is_processed_once_it_is_bac
     # then the upload ends ready
     upload_id = response.json()["id"]
     eventually(lambda: Upload.objects.get(pk=upload_id).status == Upload.Status.READY, timeout=60)
+
+
+def test_a_canvas_published_by_the_previous_release_still_ends_ready(owner_client, celery_worker):
+    """Messages outlive a deploy: a canvas queued before normalize learned to make variants
+    (normalize without its `variants` argument, a task for every variant) still completes."""
+    from celery import chain, chord, group
+
+    from media import tasks
+    from media.images import VARIANTS
+    from media.services import upload_folder
+
+    # given an upload stored as the request path stores it, and its canvas in the old shape
+    user = get_user_model().objects.get(email="maker@example.com")
+    upload = Upload.objects.create(
+        owner=user, source_format="JPEG", source_bytes=1, width=4000, height=3000
+    )
+    upload_folder(upload.pk).mkdir(parents=True)
+    (upload_folder(upload.pk) / "source.upload").write_bytes(photo(width=4000, height=3000))
+    upload_id = str(upload.pk)
+    # when that canvas runs
+    chain(
+        tasks.normalize.si(upload_id),
+        chord(
+            group(tasks.make_variant.si(upload_id, spec.name) for spec in VARIANTS),
+            tasks.finalize.si(upload_id),
+        ),
+        tasks.notify.si(upload_id),
+    ).apply_async()
+    # then the upload ends ready with every variant, large made by a task of its own
+    body = eventually(
+        lambda: (
+            (b := owner_client.get(f"/api/v1/uploads/{upload_id}").json())["status"]
+            in ("ready", "failed")
+            and b
+        ),
+        timeout=60,
+        interval=0.2,
+    )
+    assert body["status"] == "ready", body
+    assert body["variants"]["large"]["width"] == 2048
+    assert sorted(body["variants"]) == sorted(spec.name for spec in VARIANTS)
