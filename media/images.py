@@ -7,7 +7,6 @@ file, so a step that runs twice (a redelivered task) rewrites identical bytes.
 import math
 import os
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,12 +106,11 @@ class WrittenImage:
     height: int
 
 
-def image_normalize(
-    source: Path, folder: Path, *, variants: Iterable[VariantSpec] = ()
-) -> dict[str, WrittenImage]:
+def image_normalize(source: Path, folder: Path) -> dict[str, WrittenImage]:
     """Upright, metadata-free, 8-bit RGB(A) re-encode of the source as `folder/original.*`,
-    and each of `variants` resized from the same pixels. Returns what it wrote, by name
-    ("original", then each variant's).
+    and, from the same pixels, the variants no reduced-scale decode of it could serve
+    (`variants_needing_every_pixel`). Returns what it wrote, by name ("original", then each
+    variant's).
 
     EXIF orientation is applied to the pixels, then every piece of metadata (EXIF with its GPS
     position, XMP, ICC, comments) is dropped by re-encoding without it.
@@ -125,7 +123,7 @@ def image_normalize(
         clean = _as_rgb_or_rgba(image)
         clean.info.clear()  # some encoders copy metadata from .info unless told otherwise
         written = {"original": _save_atomically(clean, folder / "original", ORIGINAL_JPEG)}
-        for spec in variants:
+        for spec in variants_needing_every_pixel(clean.size):
             written[spec.name] = _variant_write(clean, folder, spec)
         return written
 
@@ -159,7 +157,8 @@ def variants_needing_every_pixel(size: tuple[int, int]) -> tuple[VariantSpec, ..
     normalize has just paid for (a 2048 px variant of a 4000 px photo: 1/2 scale gives only
     2000 px; the second decode was a sixth of the photo's CPU in bench/images.py). normalize
     holds those pixels, so it makes them. A larger photo leaves them all to tasks of their
-    own, each decoding at 1/2 scale or less.
+    own, each decoding at 1/2 scale or less. (An original with transparency is a PNG, which
+    has no reduced-scale decode: its variants' tasks decode it whole, as they always did.)
     """
     return tuple(spec for spec in VARIANTS if reduced_decode_scale(size, spec) == 1)
 

@@ -3,7 +3,9 @@
     normalize -> group(one task per variant) -> finalize -> notify
 
 normalize also makes the variants that need every pixel of the original (for a 12 MP photo,
-`large`): it holds those pixels already, and a task of their own would decode them again.
+`large`): it holds those pixels already, and their own tasks would decode them all again. Those
+tasks stay in the group and find their variant made: every message keeps the shape it had, so
+workers of the previous release and of this one run each other's canvases during a deploy.
 
 Each step is idempotent: it writes deterministic paths (re-running rewrites the same files),
 records its result with an upsert, and guards its status transition, so a step delivered
@@ -12,7 +14,6 @@ twice (a worker killed mid-task, a relay re-publish) leaves the same state as on
 
 import logging
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
 
@@ -34,7 +35,6 @@ from media.images import (
     image_header_read,
     image_normalize,
     image_variant_make,
-    variants_needing_every_pixel,
 )
 from media.models import Upload, UploadVariant
 
@@ -130,21 +130,16 @@ def upload_pipeline_start(*, upload_id: str) -> None:
     redelivered start) runs idempotent steps twice: the same files, rows and status."""
     from media import tasks
 
-    upload = _live_upload(upload_id)
-    if upload is None:
-        return  # deleted before its pipeline started
-    # Rotation swaps width and height, which changes no variant's decode scale: the header's
-    # size decides as well as the upright one would.
-    full_decode = variants_needing_every_pixel((upload.width, upload.height))
-    in_normalize = [spec.name for spec in full_decode]
-    own_tasks = [spec.name for spec in VARIANTS if spec.name not in in_normalize]
-    finalize = tasks.finalize.si(upload_id)
-    if own_tasks:
+    canvas = chain(
+        tasks.normalize.si(upload_id),
         # A chord: finalize runs once every variant task of the group has returned.
-        variants = group(tasks.make_variant.si(upload_id, name) for name in own_tasks)
-        finalize = chord(variants, finalize)
-    normalize = tasks.normalize.si(upload_id, in_normalize)
-    chain(normalize, finalize, tasks.notify.si(upload_id)).apply_async()
+        chord(
+            group(tasks.make_variant.si(upload_id, spec.name) for spec in VARIANTS),
+            tasks.finalize.si(upload_id),
+        ),
+        tasks.notify.si(upload_id),
+    )
+    canvas.apply_async()
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -164,8 +159,8 @@ def upload_files_delete(*, upload_id: str) -> None:
 # --- pipeline steps -------------------------------------------------------------------------
 
 
-def upload_normalize(*, upload_id: str, variants: Sequence[str] = ()) -> None:
-    """Write the normalized original, and the named variants from the same pixels."""
+def upload_normalize(*, upload_id: str) -> None:
+    """Write the normalized original, and the variants that need every pixel of it."""
     upload = _live_upload(upload_id)
     if upload is None:
         return
@@ -175,20 +170,19 @@ def upload_normalize(*, upload_id: str, variants: Sequence[str] = ()) -> None:
     source = _source_path(upload_id)
     if not source.exists() and upload_file_path(upload_id, "original") is not None:
         return  # redelivered after the source was already normalized and removed
-    written = image_normalize(
-        source, upload_folder(upload_id), variants=[VARIANTS_BY_NAME[name] for name in variants]
-    )
+    written = image_normalize(source, upload_folder(upload_id))
     original = written.pop("original")
     with transaction.atomic():
-        Upload.objects.filter(pk=upload_id).update(
-            width=original.width,
-            height=original.height,
-            original_bytes=original.path.stat().st_size,
-            updated_at=timezone.now(),
-        )
-        for name, image in written.items():
-            _variant_record(upload_id=upload_id, name=name, image=image)
-        _progress_advance(upload_id)
+        if _upload_locked(upload_id):
+            Upload.objects.filter(pk=upload_id).update(
+                width=original.width,
+                height=original.height,
+                original_bytes=original.path.stat().st_size,
+                updated_at=timezone.now(),
+            )
+            for name, image in written.items():
+                _variant_record(upload_id=upload_id, name=name, image=image)
+            _progress_advance(upload_id)
     # Only now: until the rows above are written, a rerun needs the source to start again.
     source.unlink(missing_ok=True)  # it still carries the GPS position
     _forget_files_if_deleted_meanwhile(upload_id)
@@ -198,14 +192,25 @@ def upload_variant_make(*, upload_id: str, name: str) -> None:
     upload = _live_upload(upload_id)
     if upload is None:
         return
+    if UploadVariant.objects.filter(upload_id=upload_id, name=name).exists():
+        return  # normalize made it from the pixels it held, or this message is a redelivery
     original = upload_file_path(upload_id, "original")
     if original is None:
         raise FileNotFoundError(f"normalized original of {upload_id} is missing")
     image = image_variant_make(original, upload_folder(upload_id), VARIANTS_BY_NAME[name])
     with transaction.atomic():
-        _variant_record(upload_id=upload_id, name=name, image=image)
-        _progress_advance(upload_id)
+        if _upload_locked(upload_id):
+            _variant_record(upload_id=upload_id, name=name, image=image)
+            _progress_advance(upload_id)
     _forget_files_if_deleted_meanwhile(upload_id)
+
+
+def _upload_locked(upload_id: str) -> bool:
+    """Lock the upload's row until the transaction ends; False if it is gone (deleted while
+    the step worked). A DELETE then waits for the transaction, so the variant rows written in
+    it cannot lose their upload before they commit, which would fail the commit on their
+    foreign key. (SQLite's IMMEDIATE transactions serialize writers the same way.)"""
+    return bool(list(Upload.objects.select_for_update().filter(pk=upload_id).values_list("pk")))
 
 
 def _variant_record(*, upload_id: str, name: str, image: WrittenImage) -> None:

@@ -35,10 +35,9 @@ def start_pipeline(upload_id: str) -> None:
     services.upload_pipeline_start(upload_id=upload_id)
 
 
-# `variants` came later: a message without it makes the original alone, as it always did.
 @shared_task(name="media.normalize", **STEP)
-def normalize(upload_id: str, variants: list[str] | None = None) -> None:
-    services.upload_normalize(upload_id=upload_id, variants=variants or ())
+def normalize(upload_id: str) -> None:
+    services.upload_normalize(upload_id=upload_id)
 
 
 # ignore_result=False: the chord counts its header's results to know when to call finalize.

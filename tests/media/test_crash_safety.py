@@ -177,18 +177,30 @@ def test_a_pool_process_killed_mid_step_still_ends_ready_with_every_file_once(
     assert eventually(lambda: outcomes(celery_worker, request["id"])) == [("1", "success")]
 
 
-def test_a_step_killed_while_writing_leaves_no_partial_file_once_it_has_run_again(tmp_path):
+@pytest.mark.parametrize(
+    ("size", "killed_writing", "files"),
+    [
+        ((8000, 6000), "original", ["original.png", "source.upload"]),
+        # Small enough that normalize also makes `large` from the pixels it holds.
+        ((4000, 3000), "large", ["large.png", "original.png", "source.upload"]),
+    ],
+    ids=["writing-the-original", "writing-a-variant"],
+)
+def test_a_step_killed_while_writing_leaves_no_partial_file_once_it_has_run_again(
+    tmp_path, size, killed_writing, files
+):
     """The crash of the test above at the level of media/images.py: normalize is killed while
-    its temporary file is half written, then runs again (the redelivery) to completion."""
+    a temporary file is half written, then runs again (the redelivery) to completion."""
     source = tmp_path / "source.upload"
-    source.write_bytes(slow_png())
+    source.write_bytes(slow_png(*size))
     # given normalize running in a process of its own, caught mid-write
     child = multiprocessing.get_context("fork").Process(
         target=image_normalize, args=(source, tmp_path)
     )
     child.start()
+    partial = tmp_path / f".{killed_writing}.png.partial"
     try:
-        eventually(lambda: list(tmp_path.glob(".*.png.partial")), timeout=60, interval=0.02)
+        eventually(partial.exists, timeout=60, interval=0.01)
         # when it is SIGKILLed, and normalize runs again
         os.kill(child.pid, signal.SIGKILL)
     finally:
@@ -197,8 +209,8 @@ def test_a_step_killed_while_writing_leaves_no_partial_file_once_it_has_run_agai
         child.join(timeout=10)
     assert child.exitcode == -signal.SIGKILL
     image_normalize(source, tmp_path)
-    # then there is the original beside the source, and nothing else
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["original.png", "source.upload"]
+    # then there are its files beside the source, and nothing else
+    assert sorted(path.name for path in tmp_path.iterdir()) == files
 
 
 # --- a whole worker dies --------------------------------------------------------------------

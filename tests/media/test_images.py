@@ -6,7 +6,7 @@ No worker, no database: these functions read a path and write a path.
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageStat
+from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from media.images import (
     VARIANTS,
@@ -131,18 +131,27 @@ def test_every_accepted_kind_of_image_normalizes_to_8_bit_rgb_or_rgba_without_me
     assert close(image.getpixel((width - 4, height // 2)), right)
 
 
+def every_file_both_ways(source: Path, folder: Path) -> list[Path]:
+    """The original and every variant as normalize makes them, then every variant again as a
+    task of its own makes it from the original (into folder/own)."""
+    outputs = image_normalize(source, folder)
+    original = outputs["original"].path
+    own = [image_variant_make(original, folder / "own", spec).path for spec in VARIANTS]
+    return [image.path for image in outputs.values()] + own
+
+
 def test_xmp_a_comment_an_icc_profile_and_exif_with_gps_are_all_dropped(tmp_path):
     # given a JPEG carrying every kind of metadata: EXIF with a GPS position, XMP, ICC, COM
     source = written(tmp_path, "source.upload", jpeg_with_every_kind_of_metadata())
     with Image.open(source) as before:
         assert {"exif", "xmp", "icc_profile", "comment"} <= set(before.info)
         assert XMP_PACKET in source.read_bytes()
-    # when it is normalized, and a variant made from it
-    outputs = image_normalize(source, tmp_path, variants=[VARIANTS_BY_NAME["large"]])
-    variant = image_variant_make(outputs["original"].path, tmp_path, VARIANTS_BY_NAME["small"])
+    # when it is normalized (which makes the variants of so small an image too), and every
+    # variant made from the original by a task of its own
+    files = every_file_both_ways(source, tmp_path)
     # then none of the files carries any of it
-    for image in [*outputs.values(), variant]:
-        assert_clean_8_bit(image.path, mode="RGB")
+    for path in files:
+        assert_clean_8_bit(path, mode="RGB")
 
 
 def test_normalize_and_variants_of_an_image_with_alpha_carry_no_metadata(tmp_path):
@@ -154,12 +163,8 @@ def test_normalize_and_variants_of_an_image_with_alpha_carry_no_metadata(tmp_pat
     text.add_itxt("XML:com.adobe.xmp", XMP_PACKET.decode())
     content = encoded(gradient(120, 90, "RGBA"), "PNG", pnginfo=text)
     source = written(tmp_path, "source.upload", content)
-    # when it is normalized and every variant made
-    outputs = image_normalize(source, tmp_path, variants=VARIANTS[-1:])
-    original = outputs["original"].path
-    files = [image.path for image in outputs.values()] + [
-        image_variant_make(original, tmp_path, spec).path for spec in VARIANTS[:-1]
-    ]
+    # when it is normalized and every variant made, by normalize and by a task of its own
+    files = every_file_both_ways(source, tmp_path)
     # then every file is a clean 8-bit RGBA PNG
     for path in files:
         assert path.suffix == ".png"
@@ -170,17 +175,20 @@ def test_normalize_and_variants_of_an_image_with_alpha_carry_no_metadata(tmp_pat
 
 
 def variants_made(source: Path, folder: Path, *, by: str) -> dict[str, WrittenImage]:
-    """Every variant of `source`, made the one way or the other way the pipeline makes them:
-    by normalize from the pixels it holds, or by a task of their own from the original."""
-    if by == "normalize":
-        outputs = image_normalize(source, folder, variants=VARIANTS)
-        del outputs["original"]
-        return outputs
-    original = image_normalize(source, folder)["original"].path
-    return {spec.name: image_variant_make(original, folder, spec) for spec in VARIANTS}
+    """Every variant of `source`, as the pipeline makes them (normalize those that need every
+    pixel, tasks of their own the others) or each by a task of its own (as a redelivered or
+    older message would)."""
+    outputs = image_normalize(source, folder)
+    original = outputs.pop("original").path
+    if by == "own-task":
+        outputs = {}
+    return {
+        spec.name: outputs.get(spec.name) or image_variant_make(original, folder, spec)
+        for spec in VARIANTS
+    }
 
 
-MADE_BY = pytest.mark.parametrize("by", ["normalize", "own-task"])
+MADE_BY = pytest.mark.parametrize("by", ["pipeline", "own-task"])
 
 
 @MADE_BY
@@ -213,22 +221,32 @@ def test_variants_of_a_large_image_fit_their_long_edge_and_keep_the_aspect(tmp_p
                      "large": (2048, 683)}  # fmt: skip
 
 
-def test_a_variant_from_a_reduced_scale_decode_shows_what_one_from_every_pixel_shows(tmp_path):
+def test_every_variant_shows_what_a_plain_resize_of_every_pixel_shows(tmp_path):
     # given a 2400x1800 photo-like JPEG: a gradient, and a hard-edged square off centre, which
     # a crop or a scale a few pixels off would move
     picture = gradient(2400, 1800)
     picture.paste((250, 250, 20), (1500, 400, 1900, 800))
     source = written(tmp_path, "s", encoded(picture, "JPEG", quality=95))
-    # when every variant is made both ways: from the decoded pixels (normalize) and from a
-    # draft decode at 1/2, 1/4 or 1/8 scale (a task of its own)
-    from_pixels = variants_made(source, tmp_path / "pixels", by="normalize")
-    from_draft = variants_made(source, tmp_path / "draft", by="own-task")
-    # then each pair is the same picture: the same size and, pixel by pixel, within a few levels
-    for name, image in from_pixels.items():
-        a, b = Image.open(image.path), Image.open(from_draft[name].path)
-        assert a.size == b.size, name
-        difference = ImageStat.Stat(ImageChops.difference(a, b)).mean
-        assert max(difference) < 2.0, (name, difference)
+    # when it is normalized (which, at 2400 px, makes large from the pixels it decoded) and
+    # every variant is made by a task of its own (from a draft decode at 1/2, 1/4 or 1/8)
+    outputs = image_normalize(source, tmp_path)
+    assert sorted(outputs) == ["large", "original"]
+    original = outputs["original"].path
+    made = [("large", outputs["large"].path)] + [
+        (spec.name, image_variant_make(original, tmp_path / "own", spec).path) for spec in VARIANTS
+    ]
+    # then each is, pixel by pixel within a few levels, the plain Pillow resize of the whole
+    # decoded original to the same size (a centred square for the thumb)
+    every_pixel = Image.open(original)
+    every_pixel.load()
+    for name, path in made:
+        variant = Image.open(path)
+        if VARIANTS_BY_NAME[name].square_crop:
+            expected = ImageOps.fit(every_pixel, variant.size, Image.Resampling.LANCZOS)
+        else:
+            expected = every_pixel.resize(variant.size, Image.Resampling.LANCZOS)
+        difference = ImageStat.Stat(ImageChops.difference(variant, expected)).mean
+        assert max(difference) < 2.0, (name, path, difference)
 
 
 @pytest.mark.parametrize(
@@ -265,13 +283,8 @@ def test_normalize_and_variants_write_byte_identical_files_every_time(tmp_path, 
     # more into another folder
     runs = []
     for folder in [tmp_path / "a", tmp_path / "a", tmp_path / "b"]:
-        # large as normalize makes it for a 12 MP photo, the others as tasks of their own
-        outputs = image_normalize(source, folder, variants=VARIANTS[-1:])
-        original = outputs["original"].path
-        files = [image.path for image in outputs.values()] + [
-            image_variant_make(original, folder, spec).path for spec in VARIANTS[:-1]
-        ]
-        runs.append({path.name: path.read_bytes() for path in files})
+        files = [image.path for image in variants_made(source, folder, by="pipeline").values()]
+        runs.append({path.name: path.read_bytes() for path in [*folder.glob("original.*"), *files]})
     # then every run wrote the very same bytes under the very same names
     assert runs[0] == runs[1] == runs[2]
     # and the re-run left no temporary file beside them

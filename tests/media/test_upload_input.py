@@ -386,7 +386,7 @@ def test_a_truncated_jpeg_is_accepted_then_fails_once_with_a_reason_and_no_retry
     (letter,) = [
         letter
         for letter in DeadLetter.objects.filter(task_name="media.normalize")
-        if letter.args[0] == upload_id
+        if letter.args == [upload_id]
     ]
     assert letter.attempts == 1
     assert letter.exception_class == "media.images.ImageBroken"
@@ -501,11 +501,20 @@ def log_after(worker, offset: int) -> str:
     return worker.logfile.read_bytes()[offset:].decode(errors="replace")
 
 
-def test_deleting_an_upload_while_it_is_being_processed_leaves_no_files(celery_worker):
-    # given an upload whose normalize step takes seconds, and is running
+@pytest.mark.parametrize(
+    "size",
+    [
+        (8000, 6000),
+        # Small enough that normalize also makes `large` (and records it) from its pixels.
+        (4000, 3000),
+    ],
+    ids=["normalize-alone", "normalize-with-large"],
+)
+def test_deleting_an_upload_while_it_is_being_processed_leaves_no_files(celery_worker, size):
+    # given an upload whose normalize step takes a second or more, and is running
     ada = api_client("ada@example.com")
     offset = celery_worker.logfile.stat().st_size
-    response = post_file(ada, slow_png(), "big.png")
+    response = post_file(ada, slow_png(*size), "big.png")
     assert response.status_code == 202, response.content
     upload_id = response.json()["id"]
     eventually(
@@ -521,6 +530,10 @@ def test_deleting_an_upload_while_it_is_being_processed_leaves_no_files(celery_w
                       log_after(celery_worker, offset)),
         timeout=60,
     )  # fmt: skip
-    # no file of it remains
+    # no file of it remains, and normalize ended well: it found the upload gone and recorded
+    # nothing for it (a variant row of a deleted upload would fail its commit)
     folder = upload_folder(upload_id)
     assert not folder.exists(), files_under(folder)
+    assert re.search(r"task=media\.normalize \S+ \S+ \S+ outcome=success",
+                     log_after(celery_worker, offset))  # fmt: skip
+    assert not DeadLetter.objects.filter(task_name="media.normalize").exists()
