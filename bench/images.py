@@ -686,31 +686,35 @@ def _print_breakdown(*, count: int, loop: LoopResult, pipeline: PipelineResult) 
     # Every photo has the same size, so every canvas splits its variants the same way.
     in_normalize = [spec.name for spec in variants_needing_every_pixel(PHOTO_SIZE)]
     normalize_steps = ["decode", "transpose", "save original", *in_normalize]
-    # (task as the durations name it, its label here, loop ms for the same files or None,
-    # what the loop did for them or what the task did instead)
+    # (task as the durations name it, loop ms for the same files or None, what the loop did
+    # for them or what the task did instead)
     rows = [
         (
             "media.normalize",
-            "media.normalize" + "".join(f" +{name}" for name in in_normalize),
             sum(loop_ms[step] for step in normalize_steps),
             " + ".join(normalize_steps[:3])
             + "".join(f" + resize, save {name}" for name in in_normalize),
         ),
         *(
-            (f"media.make_variant {spec.name}", f"media.make_variant {spec.name}", None,
-             "(found it made by normalize)")
+            (f"media.make_variant {spec.name}", None, "(found it made by normalize)")
             if spec.name in in_normalize
-            else (f"media.make_variant {spec.name}", f"media.make_variant {spec.name}",
-                  loop_ms[spec.name], f"resize + save {spec.name}")
+            else (
+                f"media.make_variant {spec.name}",
+                loop_ms[spec.name],
+                f"resize + save {spec.name}",
+            )
             for spec in VARIANTS
         ),
-        ("media.finalize", "media.finalize", None, ""),
-        ("media.notify", "media.notify", None, ""),
-    ]  # fmt: skip
+        ("media.finalize", None, ""),
+        ("media.notify", None, ""),
+    ]
     print("per step, mean ms per image (wall)")
     print(f"{'':32}{'tasks':>7}{'pipeline':>10}{'loop':>9}   loop step")
     pipeline_total = loop_total = 0.0
-    for step, label, loop_step_ms, loop_label in rows:
+    for step, loop_step_ms, loop_label in rows:
+        label = step + (
+            "".join(f" +{n}" for n in in_normalize) if step == "media.normalize" else ""
+        )
         durations = by_step.pop(step, [])
         pipeline_ms = statistics.mean(durations) * 1000 if durations else 0.0
         pipeline_total += pipeline_ms

@@ -137,8 +137,7 @@ def image_variant_make(original: Path, folder: Path, spec: VariantSpec) -> Writt
     LANCZOS filter. The variant's size is computed from the full size, so it is the same
     whatever scale the decoder used.
     """
-    image = _open(original)
-    with image:
+    with _open(original) as image:
         full_size = image.size
         scale = 1.0
         if image.format == "JPEG":

@@ -21,7 +21,8 @@ from celery import chain, chord, group
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Sum, Value
+from django.db.models.functions import Greatest
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -127,7 +128,11 @@ def _pipeline_enqueue(upload_id: UUID) -> None:
 
 def upload_pipeline_start(*, upload_id: str) -> None:
     """Publish the canvas (from the `media.start_pipeline` task). Publishing it twice (a
-    redelivered start) runs idempotent steps twice: the same files, rows and status."""
+    redelivered start) runs idempotent steps twice: the same files, rows and status.
+
+    A plain publish, not `enqueue`: a canvas cannot ride the outbox, and this runs in a worker,
+    outside any transaction, from a task the outbox delivered. If the broker fails here, that
+    task fails and is dead-lettered, and re-driving it publishes the canvas again."""
     from media import tasks
 
     canvas = chain(
@@ -172,17 +177,13 @@ def upload_normalize(*, upload_id: str) -> None:
         return  # redelivered after the source was already normalized and removed
     written = image_normalize(source, upload_folder(upload_id))
     original = written.pop("original")
-    with transaction.atomic():
-        if _upload_locked(upload_id):
-            Upload.objects.filter(pk=upload_id).update(
-                width=original.width,
-                height=original.height,
-                original_bytes=original.path.stat().st_size,
-                updated_at=timezone.now(),
-            )
-            for name, image in written.items():
-                _variant_record(upload_id=upload_id, name=name, image=image)
-            _progress_advance(upload_id)
+    _step_record(
+        upload_id=upload_id,
+        variants=written,
+        width=original.width,
+        height=original.height,
+        original_bytes=original.path.stat().st_size,
+    )
     # Only now: until the rows above are written, a rerun needs the source to start again.
     source.unlink(missing_ok=True)  # it still carries the GPS position
     _forget_files_if_deleted_meanwhile(upload_id)
@@ -198,36 +199,40 @@ def upload_variant_make(*, upload_id: str, name: str) -> None:
     if original is None:
         raise FileNotFoundError(f"normalized original of {upload_id} is missing")
     image = image_variant_make(original, upload_folder(upload_id), VARIANTS_BY_NAME[name])
-    with transaction.atomic():
-        if _upload_locked(upload_id):
-            _variant_record(upload_id=upload_id, name=name, image=image)
-            _progress_advance(upload_id)
+    _step_record(upload_id=upload_id, variants={name: image})
     _forget_files_if_deleted_meanwhile(upload_id)
 
 
-def _upload_locked(upload_id: str) -> bool:
-    """Lock the upload's row until the transaction ends; False if it is gone (deleted while
-    the step worked). A DELETE then waits for the transaction, so the variant rows written in
-    it cannot lose their upload before they commit, which would fail the commit on their
-    foreign key. (SQLite's IMMEDIATE transactions serialize writers the same way.)"""
-    return bool(list(Upload.objects.select_for_update().filter(pk=upload_id).values_list("pk")))
+def _step_record(
+    *, upload_id: str, variants: dict[str, WrittenImage], **upload_fields: object
+) -> None:
+    """Record what a step wrote: the variants' rows (upserts), the upload's fields and its
+    progress, unless the upload was deleted while the step worked.
 
-
-def _variant_record(*, upload_id: str, name: str, image: WrittenImage) -> None:
-    UploadVariant.objects.update_or_create(
-        upload_id=upload_id,
-        name=name,
-        defaults={"width": image.width, "height": image.height, "bytes": image.path.stat().st_size},
-    )
-
-
-def _progress_advance(upload_id: str) -> None:
-    done = UploadVariant.objects.filter(upload_id=upload_id).count()
-    progress = NORMALIZED_PROGRESS + (100 - NORMALIZED_PROGRESS - 1) * done // len(VARIANTS)
-    # Only ever forward: variants finish in any order, and a late one must not move it back.
-    Upload.objects.filter(pk=upload_id, progress__lt=progress).update(
-        progress=progress, updated_at=timezone.now()
-    )
+    The upload's row is locked first, so a DELETE waits for this transaction: the variant rows
+    cannot lose their upload before they commit, which would fail the commit on their foreign
+    key. (SQLite's IMMEDIATE transactions serialize writers the same way.)"""
+    with transaction.atomic():
+        if not Upload.objects.select_for_update().filter(pk=upload_id).values_list("pk"):
+            return  # deleted: the step's caller removes the files it wrote
+        for name, image in variants.items():
+            UploadVariant.objects.update_or_create(
+                upload_id=upload_id,
+                name=name,
+                defaults={
+                    "width": image.width,
+                    "height": image.height,
+                    "bytes": image.path.stat().st_size,
+                },
+            )
+        done = UploadVariant.objects.filter(upload_id=upload_id).count()
+        progress = NORMALIZED_PROGRESS + (100 - NORMALIZED_PROGRESS - 1) * done // len(VARIANTS)
+        Upload.objects.filter(pk=upload_id).update(
+            **upload_fields,
+            # Only ever forward: variants finish in any order; a late one must not move it back.
+            progress=Greatest("progress", Value(progress)),
+            updated_at=timezone.now(),
+        )
 
 
 def upload_finalize(*, upload_id: str) -> bool:
