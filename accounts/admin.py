@@ -4,8 +4,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.emails import email_delivery_resend
-from accounts.forms import AdminUserAddForm, AdminUserEditForm
+from accounts.forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm
 from accounts.models import EmailDelivery, User
+
+# The admin's login counts failed passwords with the API's and the pages' (accounts/throttling.py).
+admin.site.login_form = AdminLoginForm
 
 
 @admin.register(User)

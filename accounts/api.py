@@ -58,8 +58,12 @@ class PublicView(APIView):
         try:
             throttling.attempts_limit(scope=scope, email=email, ip=throttling.client_ip(request))
         except throttling.TooManyAttempts as refusal:
-            # DRF's Throttled answers 429 with a Retry-After header.
-            raise exceptions.Throttled(wait=refusal.retry_after, detail=str(refusal)) from refusal
+            raise too_many_attempts(refusal) from refusal
+
+
+def too_many_attempts(refusal: throttling.TooManyAttempts) -> exceptions.Throttled:
+    # DRF's Throttled answers 429 with a Retry-After header.
+    return exceptions.Throttled(wait=refusal.retry_after, detail=str(refusal))
 
 
 def password_errors(error: DjangoValidationError) -> serializers.ValidationError:
@@ -94,7 +98,7 @@ class ResendVerificationView(PublicView):
     def post(self, request: Request) -> Response:
         data = self.valid(EmailSerializer, request)
         self.limit(request, scope="resend", email=data["email"])
-        services.verification_resend(email=data["email"])
+        services.verification_resend_request(email=data["email"])
         return Response(ACCEPTED, status=status.HTTP_202_ACCEPTED)
 
 
@@ -105,14 +109,22 @@ class ResendVerificationView(PublicView):
 class LoginView(PublicView):
     def post(self, request: Request) -> Response:
         data = self.valid(CredentialsSerializer, request)
-        self.limit(request, scope="login", email=data["email"])
         try:
-            user = services.user_authenticate(email=data["email"], password=data["password"])
+            login = services.user_login(
+                email=data["email"],
+                password=data["password"],
+                ip=throttling.client_ip(request),
+                device_cookie=request.COOKIES.get(throttling.DEVICE_COOKIE),
+            )
+        except throttling.TooManyAttempts as refusal:
+            raise too_many_attempts(refusal) from refusal
         except services.LoginFailed as error:
             raise exceptions.ValidationError({"detail": str(error)}) from error
         except services.EmailNotVerified as error:
             return Response({"detail": str(error), "errors": {}}, status=403)
-        return Response({"token": services.api_token_create(user=user)})
+        response = Response({"token": services.api_token_create(user=login.user)})
+        throttling.device_cookie_set(response, login.device_cookie)
+        return response
 
 
 @extend_schema(request=None, responses={204: None})

@@ -3,7 +3,7 @@
 import logging
 from datetime import timedelta
 from email.utils import make_msgid
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -11,18 +11,36 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from accounts import tokens
 from accounts.models import EmailDelivery, User
 from jobs.outbox import enqueue
 from jobs.retry import PermanentError, TransientError, classify_smtp_error
 
 logger = logging.getLogger(__name__)
 
+# Stands in the stored body for the token of the email's link; URL-safe, so it survives the
+# templates' urlencode unchanged, and says to whoever reads the body in the admin what it is.
+TOKEN_PLACEHOLDER = "TOKEN-ADDED-WHEN-SENT"  # noqa: S105 (a marker, not a secret)
+
+
+class LinkUnavailable(Exception):
+    """The account a link email was for no longer exists: there is nothing to link to."""
+
 
 def email_delivery_create(
-    *, kind: str, recipient: str, user: User | None = None, context: dict | None = None
+    *,
+    kind: str,
+    recipient: str,
+    user: User | None = None,
+    context: dict | None = None,
+    link_purpose: str = "",
 ) -> EmailDelivery:
     """Render the email and queue it durably; call inside the transaction that needs it, so it
-    is sent if and only if that transaction commits (and even if the broker is down now)."""
+    is sent if and only if that transaction commits (and even if the broker is down now).
+
+    With `link_purpose` (a `tokens.PURPOSE_*`), the templates' `token` is a placeholder and the
+    user's current token state is stored; the token itself is made when the email is sent.
+    """
     from accounts import tasks  # the task module imports this one
 
     context = {
@@ -31,6 +49,8 @@ def email_delivery_create(
         "recipient": recipient,
         **(context or {}),
     }
+    if link_purpose:
+        context["token"] = TOKEN_PLACEHOLDER
     subject = render_to_string(f"emails/{kind}.subject.txt", context)
     delivery = EmailDelivery.objects.create(
         kind=kind,
@@ -40,6 +60,8 @@ def email_delivery_create(
         subject=" ".join(subject.split())[:200],
         body_text=render_to_string(f"emails/{kind}.txt", context),
         body_html=render_to_string(f"emails/{kind}.html", context),
+        link_purpose=link_purpose,
+        link_state=tokens.token_state(purpose=link_purpose, user=user) if link_purpose else "",
         message_id=make_msgid(domain=urlsplit(settings.SITE_URL).hostname or "localhost"),
     )
     enqueue(tasks.send_email, delivery_id=delivery.pk)
@@ -114,9 +136,10 @@ def email_bodies_prune(*, older_than_days: int) -> int:
 
 
 def _smtp_send(delivery: EmailDelivery) -> None:
+    body_text, body_html = _bodies_with_link(delivery)
     message = EmailMultiAlternatives(
         subject=delivery.subject,
-        body=delivery.body_text,
+        body=body_text,
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[delivery.recipient],
         headers={"Message-ID": delivery.message_id},
@@ -124,6 +147,24 @@ def _smtp_send(delivery: EmailDelivery) -> None:
         # backend applies EMAIL_TIMEOUT so a hung server fails the attempt instead of the worker.
         connection=get_connection(),
     )
-    if delivery.body_html:
-        message.attach_alternative(delivery.body_html, "text/html")
+    if body_html:
+        message.attach_alternative(body_html, "text/html")
     message.send(fail_silently=False)
+
+
+def _bodies_with_link(delivery: EmailDelivery) -> tuple[str, str]:
+    """The bodies to send, with a freshly signed token where the stored ones hold the
+    placeholder. The token carries the state stored with the email: if what it confirms changed
+    since (a newer signup replaced the password), the link is dead, as it would have been."""
+    if not delivery.link_purpose:
+        return delivery.body_text, delivery.body_html
+    if delivery.user_id is None:
+        raise LinkUnavailable("the account this link was for no longer exists")
+    token = tokens.token_sign(
+        purpose=delivery.link_purpose, user_id=delivery.user_id, state=delivery.link_state
+    )
+    return (
+        delivery.body_text.replace(TOKEN_PLACEHOLDER, token),
+        # The HTML templates urlencode the token in links, as Django's filter does.
+        delivery.body_html.replace(TOKEN_PLACEHOLDER, quote(token, safe="/")),
+    )

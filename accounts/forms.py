@@ -1,6 +1,9 @@
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import ValidationError
 
+from accounts import services, throttling
 from accounts.models import User
 from accounts.services import PASSWORD_MAX_LENGTH
 from accounts.tokens import TOKEN_MAX_LENGTH
@@ -16,6 +19,30 @@ class AdminUserEditForm(UserChangeForm):
     class Meta:
         model = User
         fields = "__all__"
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """The admin's login, behind the same guessing lock as the API and the pages: its failures
+    count toward theirs, and theirs toward it."""
+
+    def clean(self) -> dict:
+        email = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if email is None or not password:
+            return self.cleaned_data  # the field errors already say what is missing
+        try:
+            self.user_cache = services.user_login(
+                email=email,
+                password=password,
+                ip=throttling.client_ip(self.request),
+                device_cookie=self.request.COOKIES.get(throttling.DEVICE_COOKIE),
+            ).user
+        except throttling.TooManyAttempts as refusal:
+            raise ValidationError(str(refusal), code="too_many_attempts") from refusal
+        except (services.LoginFailed, services.EmailNotVerified):
+            raise self.get_invalid_login_error() from None
+        self.confirm_login_allowed(self.user_cache)  # staff only
+        return self.cleaned_data
 
 
 # The web pages' forms. They only check the shape of the input, with the API's limits; the

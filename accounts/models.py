@@ -1,22 +1,50 @@
+import contextlib
+import re
+import unicodedata
+
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.encoding import punycode
+
+# RFC 5322's dot-atom: a quoted local part made only of these needs no quotes, and means the
+# same mailbox as the unquoted one.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def address_normalize(email: str) -> str:
+    """The one form of an address that we store, look up and count limits by.
+
+    Spellings that reach the same mailbox must be one account and one rate-limit bucket, or an
+    attacker gets a fresh account (and fresh limits) per spelling: compatibility characters are
+    folded (NFKC: a full-width e, U+FF45, is "e"), a needlessly quoted local part is unquoted
+    ("dave"@ is dave@), the domain is IDNA-encoded (exämple.com is xn--exmple-cua.com, as mail
+    servers see it), and the whole is lowercased: in practice no provider treats the local part
+    as case-sensitive, and people type their address in whatever case they like.
+    """
+    address = unicodedata.normalize("NFKC", email).strip()
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address.lower()  # not an address: the validators refuse it
+    if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
+        local = local[1:-1]
+    with contextlib.suppress(UnicodeError):  # an invalid domain: the validators refuse it
+        domain = punycode(domain)
+    return f"{local}@{domain}".lower()
 
 
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
-    @staticmethod
-    def normalize_address(email: str) -> str:
-        # The whole address is lowercased: in practice no mail provider treats the local part as
-        # case-sensitive, and people type their address in whatever case they like.
-        return email.strip().lower()
+    def get_by_natural_key(self, email: str) -> "User":
+        # Every login path (the admin's form included) looks the address up in its stored form.
+        return self.get(email=address_normalize(email))
 
     def create_user(self, email: str, password: str | None = None, **fields) -> "User":
         if not email:
             raise ValueError("An email address is required.")
-        user = self.model(email=self.normalize_address(email), **fields)
+        user = self.model(email=address_normalize(email), **fields)
         user.set_password(password)
         user.save(using=self._db)
         return user
@@ -57,7 +85,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def save(self, *args, **kwargs) -> None:
         # Every path (admin form, shell, services) stores the same normal form.
-        self.email = UserManager.normalize_address(self.email)
+        self.email = address_normalize(self.email)
         super().save(*args, **kwargs)
 
     @property
@@ -81,8 +109,12 @@ class ApiToken(models.Model):
 class EmailDelivery(models.Model):
     """One email to send, written in the transaction of the request that wants it sent.
 
-    Rendered when created, so every retry sends the same bytes under the same Message-ID. The
+    Rendered when created, so every retry sends the same text under the same Message-ID. The
     status row is the idempotency guard: a redelivered task finds `sent` and does nothing.
+
+    An email with a link that logs someone in (verification, password reset) stores no token:
+    its body holds a placeholder, and `link_state` the state the token must match; the token is
+    signed and put in at send time. Staff who can read deliveries cannot use them.
     """
 
     class Kind(models.TextChoices):
@@ -106,6 +138,8 @@ class EmailDelivery(models.Model):
     subject = models.CharField(max_length=200)
     body_text = models.TextField()
     body_html = models.TextField(blank=True)
+    link_purpose = models.CharField(max_length=40, blank=True)
+    link_state = models.CharField(max_length=64, blank=True)
     message_id = models.CharField(max_length=255, unique=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)

@@ -6,6 +6,7 @@ and the differences (which email goes out) happen in the background.
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth import authenticate, password_validation
@@ -14,9 +15,11 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts import tokens
+from accounts import throttling, tokens
 from accounts.emails import email_delivery_create
-from accounts.models import ApiToken, EmailDelivery, User, UserManager
+from accounts.models import ApiToken, EmailDelivery, User, address_normalize
+from jobs.idempotency import run_once
+from jobs.outbox import enqueue
 
 # Django's hashers accept any length, but hashing megabytes is a denial of service.
 PASSWORD_MAX_LENGTH = 256
@@ -40,7 +43,7 @@ def user_signup(*, email: str, password: str) -> None:
 
     The password is hashed on both paths so the two take the same time.
     """
-    email = UserManager.normalize_address(email)
+    email = address_normalize(email)
     password_check(password=password, email=email)
     password_hash = make_password(password)
     try:
@@ -51,21 +54,39 @@ def user_signup(*, email: str, password: str) -> None:
     except IntegrityError:
         pass  # taken, perhaps by a signup that committed a moment ago: same as below
     with transaction.atomic():
-        existing = User.objects.get(email=email)
+        existing = User.objects.select_for_update().get(email=email)
         if existing.email_verified:
             email_delivery_create(
                 kind=EmailDelivery.Kind.SIGNUP_ATTEMPT, recipient=existing.email, user=existing
             )
         else:
-            # Most likely the same person, who lost the first email: send a fresh link.
+            # Nobody has proven they own this address yet, so this signup's password is as good
+            # as the first one's: it replaces it, and every link sent before dies with it (the
+            # link's state covers the password). Otherwise whoever signed up first with someone
+            # else's address would own the account the moment its real owner verified it.
+            existing.password = password_hash
+            existing.save(update_fields=["password"])
             _verification_email_queue(existing)
 
 
-def verification_resend(*, email: str) -> None:
+def verification_resend_request(*, email: str) -> None:
+    """Ask for a new verification link. The request does the same work for every address (one
+    outbox row), so its timing says nothing about which have accounts; the worker decides."""
+    from accounts import tasks  # the task module imports this one
+
     with transaction.atomic():
+        enqueue(tasks.send_verification_email, email=address_normalize(email))
+
+
+def verification_resend_carry_out(*, email: str, request_key: str) -> None:
+    """A new link for an unverified account; nothing for any other address. Once per request."""
+
+    def effect() -> None:
         user = _active_user(email)
         if user is not None and not user.email_verified:
             _verification_email_queue(user)
+
+    run_once(key=f"accounts.verification-resend:{request_key}", effect=effect)
 
 
 def email_verify(*, token: str) -> User:
@@ -81,11 +102,30 @@ def email_verify(*, token: str) -> User:
     return user
 
 
+@dataclass(frozen=True)
+class LoginResult:
+    user: User
+    device_cookie: str  # to set on the response; empty when the browser's own stays valid
+
+
+def user_login(*, email: str, password: str, ip: str, device_cookie: str | None) -> LoginResult:
+    """`user_authenticate` behind the guessing lock (throttling.LoginGuard): TooManyAttempts
+    while locked, and each wrong password counted."""
+    guard = throttling.LoginGuard(email=email, ip=ip, device_cookie=device_cookie)
+    guard.check()
+    try:
+        user = user_authenticate(email=email, password=password)
+    except LoginFailed:
+        guard.failed()
+        raise
+    return LoginResult(user=user, device_cookie=guard.succeeded())
+
+
 def user_authenticate(*, email: str, password: str) -> User:
     """The user for these credentials. LoginFailed for an unknown address or a wrong password
     alike (Django hashes a dummy password for unknown users, so timing matches too);
     EmailNotVerified only after the right password."""
-    user = authenticate(email=UserManager.normalize_address(email), password=password)
+    user = authenticate(email=address_normalize(email), password=password)
     if user is None:
         raise LoginFailed("Email or password is incorrect.")
     if not user.email_verified:
@@ -110,16 +150,28 @@ def api_token_revoke(*, token: ApiToken) -> None:
 
 
 def password_reset_request(*, email: str) -> None:
+    """Ask for a reset link: like `verification_resend_request`, the same work for every
+    address before the answer."""
+    from accounts import tasks  # the task module imports this one
+
     with transaction.atomic():
+        enqueue(tasks.send_password_reset_email, email=address_normalize(email))
+
+
+def password_reset_carry_out(*, email: str, request_key: str) -> None:
+    """A reset link for an active account; nothing for any other address. Once per request."""
+
+    def effect() -> None:
         user = _active_user(email)
         if user is not None:
-            link_token = tokens.token_make(purpose=tokens.PURPOSE_RESET, user=user)
             email_delivery_create(
                 kind=EmailDelivery.Kind.PASSWORD_RESET,
                 recipient=user.email,
                 user=user,
-                context={"token": link_token},
+                link_purpose=tokens.PURPOSE_RESET,
             )
+
+    run_once(key=f"accounts.password-reset:{request_key}", effect=effect)
 
 
 def password_reset_confirm(*, token: str, password: str) -> User:
@@ -133,6 +185,9 @@ def password_reset_confirm(*, token: str, password: str) -> User:
         # Every session carries a hash of the password it logged in with, which Django checks
         # on each request: they all end now. API tokens carry nothing, so they are deleted.
         user.api_tokens.all().delete()
+        # Proving the mailbox is proof enough: whoever locked the address out by failing on
+        # purpose no longer keeps its owner out.
+        throttling.login_failures_clear(email=user.email)
         email_delivery_create(
             kind=EmailDelivery.Kind.PASSWORD_CHANGED, recipient=user.email, user=user
         )
@@ -159,9 +214,9 @@ def _verification_email_queue(user: User) -> EmailDelivery:
         kind=EmailDelivery.Kind.VERIFICATION,
         recipient=user.email,
         user=user,
-        context={"token": tokens.token_make(purpose=tokens.PURPOSE_VERIFY, user=user)},
+        link_purpose=tokens.PURPOSE_VERIFY,
     )
 
 
 def _active_user(email: str) -> User | None:
-    return User.objects.filter(email=UserManager.normalize_address(email), is_active=True).first()
+    return User.objects.filter(email=address_normalize(email), is_active=True).first()

@@ -36,6 +36,18 @@ def send_email(self, delivery_id: int) -> None:
     emails.email_delivery_send(delivery_id=delivery_id)
 
 
+# The two requests that answer every address alike hand the lookup to these tasks, so the
+# request's timing does not depend on whether the address has an account.
+@shared_task(name="accounts.send_verification_email", bind=True, idempotent=True)
+def send_verification_email(self, email: str) -> None:
+    services.verification_resend_carry_out(email=email, request_key=self.request.id)
+
+
+@shared_task(name="accounts.send_password_reset_email", bind=True, idempotent=True)
+def send_password_reset_email(self, email: str) -> None:
+    services.password_reset_carry_out(email=email, request_key=self.request.id)
+
+
 @shared_task(name="accounts.maintenance_clear_sessions", idempotent=True)
 def maintenance_clear_sessions() -> None:
     services.expired_sessions_clear()

@@ -1,24 +1,44 @@
-"""Abuse limits for endpoints that make the system email an address someone typed.
+"""Abuse limits: for the endpoints that email an address someone typed, and for logins.
 
-Fixed-window counters in Redis (INCR, and EXPIRE on the first hit, in one transaction), shared
-by every web process, keyed by scope and by the address or the client IP. Fixed windows allow
-up to twice the rate across a window boundary, which is fine for abuse control and costs one
-round trip instead of a sorted set per key.
+Email-sending endpoints: fixed-window counters in Redis (INCR, and EXPIRE on the first hit, in
+one transaction), shared by every web process, keyed by scope and by the address or the client
+IP. Fixed windows allow up to twice the rate across a window boundary, which is fine for abuse
+control and costs one round trip instead of a sorted set per key.
+
+Logins (API, pages and the admin alike): `LoginGuard` counts failed passwords, not attempts,
+and locks for a time that doubles with each failure past a few free ones, up to a cap. A
+browser that has logged in to an account before carries a signed device cookie; its attempts
+are counted against that device alone, so a stranger failing on purpose cannot lock the owner
+out of their usual browser (OWASP's "device cookies"). A password reset clears the address's
+failures: proving the mailbox is proof enough.
 """
 
+import functools
 import hashlib
 import ipaddress
 import logging
 import math
+import secrets
 
 import redis
 from django.conf import settings
-from django.http import HttpRequest
+from django.core import signing
+from django.http import HttpRequest, HttpResponse
 
+from accounts.models import address_normalize
 from jobs.ratelimit import parse_rate
 from jobs.redis import redis_client
 
 logger = logging.getLogger(__name__)
+
+DEVICE_COOKIE = "login_device"
+DEVICE_COOKIE_MAX_AGE = 365 * 24 * 3600
+_DEVICE_SALT = "accounts.login-device"
+# How long failures are remembered after the last one. An address: a day, so a slow guesser
+# stays slowed. An IP: an hour, because a busy NAT (an office, a campus) collects its users'
+# honest typos, which must not add up to a lock for everyone behind it.
+_ADDRESS_FAILURES_TTL_SECONDS = 24 * 3600
+_IP_FAILURES_TTL_SECONDS = 3600
 
 
 class TooManyAttempts(Exception):
@@ -32,41 +52,60 @@ def client_ip(request: HttpRequest) -> str:
     right-most X-Forwarded-For entry that is not itself a trusted proxy (entries further left
     were written by the client and prove nothing)."""
     remote = request.META.get("REMOTE_ADDR", "")
-    trusted = set(settings.TRUSTED_PROXIES)
-    if remote not in trusted:
+    forwarded_header = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if not _is_trusted_proxy(remote):
+        if forwarded_header:
+            _warn_untrusted_forwarding(remote)
         return remote
-    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    forwarded = [part.strip() for part in forwarded_header.split(",")]
     for candidate in reversed(forwarded):
-        if candidate and candidate not in trusted and _is_ip(candidate):
+        if candidate and _is_ip(candidate) and not _is_trusted_proxy(candidate):
             return candidate
     return remote
+
+
+def _is_trusted_proxy(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in _trusted_networks(tuple(settings.TRUSTED_PROXIES)))
+
+
+@functools.cache
+def _trusted_networks(entries: tuple[str, ...]) -> tuple[ipaddress._BaseNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+@functools.cache
+def _warn_untrusted_forwarding(remote: str) -> None:
+    # Once per peer and process: the log says how this fails without flooding it.
+    logger.warning(
+        "X-Forwarded-For from %s, which is not in TRUSTED_PROXIES: the header is ignored and "
+        "every client behind that proxy shares one per-IP abuse limit. If %s is your reverse "
+        "proxy, add it to TRUSTED_PROXIES.",
+        remote,
+        remote,
+    )
 
 
 def attempts_limit(*, scope: str, email: str, ip: str) -> None:
     """Count one attempt against the address and the IP; TooManyAttempts when either is over.
 
-    Scopes: "signup", "resend", "reset" (each sends an email) and "login" (password guessing),
-    each counted apart, so a burst of one does not lock a person out of another.
+    Scopes: "signup", "resend", "reset", each sending an email, each counted apart, so a burst
+    of one does not lock a person out of another.
     """
-    if scope == "login":
-        per_address, per_ip = (
-            settings.ACCOUNT_LOGIN_RATE_PER_ADDRESS,
-            settings.ACCOUNT_LOGIN_RATE_PER_IP,
-        )
-    else:
-        per_address, per_ip = (
-            settings.ACCOUNT_EMAIL_RATE_PER_ADDRESS,
-            settings.ACCOUNT_EMAIL_RATE_PER_IP,
-        )
-    for subject, rate in ((f"email:{email.strip().lower()}", per_address), (f"ip:{ip}", per_ip)):
+    subjects = (
+        (f"email:{address_normalize(email)}", settings.ACCOUNT_EMAIL_RATE_PER_ADDRESS),
+        (f"ip:{ip}", settings.ACCOUNT_EMAIL_RATE_PER_IP),
+    )
+    for subject, rate in subjects:
         _count(scope=scope, subject=subject, rate=rate)
 
 
 def _count(*, scope: str, subject: str, rate: str) -> None:
     limit, window = parse_rate(rate)
-    # Hashed so addresses do not sit in Redis in clear text.
-    digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
-    key = f"accounts:attempts:{scope}:{digest}"
+    key = f"accounts:attempts:{scope}:{_digest(subject)}"
     pipeline = redis_client().pipeline()
     pipeline.incr(key)
     pipeline.expire(key, math.ceil(window), nx=True)
@@ -80,6 +119,129 @@ def _count(*, scope: str, subject: str, rate: str) -> None:
         return
     if count > limit:
         raise TooManyAttempts(retry_after=max(1, ttl))
+
+
+class LoginGuard:
+    """The lock on password guessing for one login attempt: `check()` before the password is
+    tried, then `failed()` or `succeeded()`.
+
+    Subjects counted: with a valid device cookie for this address, that device only; without,
+    the address and the client IP (the IP with more free failures and a shorter memory: people
+    share addresses behind NAT). Redis down fails open, like the other limits: logins keep
+    working.
+    """
+
+    def __init__(self, *, email: str, ip: str, device_cookie: str | None) -> None:
+        self.address = address_normalize(email)
+        device = _device_id(device_cookie, address=self.address)
+        self.trusted_device = device is not None
+        free, free_per_ip = (
+            settings.ACCOUNT_LOGIN_FREE_FAILURES,
+            settings.ACCOUNT_LOGIN_FREE_FAILURES_PER_IP,
+        )
+        # (subject, free failures, seconds failures are remembered)
+        self.subjects: list[tuple[str, int, int]] = (
+            [(f"device:{device}", free, _ADDRESS_FAILURES_TTL_SECONDS)]
+            if device is not None
+            else [
+                (f"email:{self.address}", free, _ADDRESS_FAILURES_TTL_SECONDS),
+                (f"ip:{ip}", free_per_ip, _IP_FAILURES_TTL_SECONDS),
+            ]
+        )
+
+    def check(self) -> None:
+        """TooManyAttempts while any subject is locked."""
+        pipeline = redis_client().pipeline()
+        for subject, _, _ in self.subjects:
+            pipeline.pttl(_login_key("lock", subject))
+        try:
+            remaining_ms = pipeline.execute()
+        except redis.RedisError as error:
+            logger.warning("login lock not checked, Redis unavailable: %s", error)
+            return
+        longest = max(remaining_ms)
+        if longest > 0:
+            raise TooManyAttempts(retry_after=math.ceil(longest / 1000))
+
+    def failed(self) -> None:
+        """A wrong password: one more failure per subject, and a lock once past the free ones."""
+        try:
+            for subject, free_failures, remembered_seconds in self.subjects:
+                failures_key = _login_key("failures", subject)
+                pipeline = redis_client().pipeline()
+                pipeline.incr(failures_key)
+                pipeline.expire(failures_key, remembered_seconds)
+                failures, _ = pipeline.execute()
+                if (lock := login_lock_seconds(failures, free_failures=free_failures)) > 0:
+                    redis_client().set(_login_key("lock", subject), 1, ex=lock)
+        except redis.RedisError as error:
+            logger.warning("login failure not counted, Redis unavailable: %s", error)
+
+    def succeeded(self) -> str:
+        """The right password: the address's failures are forgotten (the IP's are not, or an
+        attacker could clear them by logging in to an account of their own between guesses).
+        Returns the device cookie value to set: the one presented if it was valid, else new."""
+        login_failures_clear(email=self.address)
+        if self.trusted_device:
+            return ""
+        return signing.dumps(
+            {"a": _digest(self.address), "d": secrets.token_hex(16)}, salt=_DEVICE_SALT
+        )
+
+
+def device_cookie_set(response: HttpResponse, value: str) -> None:
+    """Remember this browser as one the account's owner logged in from (nothing when `value` is
+    empty: the one it has stays)."""
+    if value:
+        response.set_cookie(
+            DEVICE_COOKIE,
+            value,
+            max_age=DEVICE_COOKIE_MAX_AGE,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite="Lax",
+        )
+
+
+def login_lock_seconds(failures: int, *, free_failures: int) -> int:
+    """How long a subject is locked after its `failures`-th failure: nothing for the free ones,
+    then 1 s, 2 s, 4 s... up to ACCOUNT_LOGIN_MAX_LOCK_SECONDS. Each guess past the free ones
+    costs the guesser twice the wait of the last; a person who mistypes a few times waits
+    seconds, not an hour."""
+    over = failures - free_failures
+    if over <= 0:
+        return 0
+    return min(2 ** min(over - 1, 30), settings.ACCOUNT_LOGIN_MAX_LOCK_SECONDS)
+
+
+def login_failures_clear(*, email: str) -> None:
+    subject = f"email:{address_normalize(email)}"
+    try:
+        redis_client().delete(_login_key("failures", subject), _login_key("lock", subject))
+    except redis.RedisError as error:
+        logger.warning("login failures not cleared, Redis unavailable: %s", error)
+
+
+def _device_id(cookie: str | None, *, address: str) -> str | None:
+    """The device id in a valid cookie issued for this address, else None."""
+    if not cookie:
+        return None
+    try:
+        payload = signing.loads(cookie, salt=_DEVICE_SALT, max_age=DEVICE_COOKIE_MAX_AGE)
+        if payload["a"] != _digest(address):
+            return None
+        return str(payload["d"])
+    except (signing.BadSignature, KeyError, TypeError):
+        return None
+
+
+def _login_key(kind: str, subject: str) -> str:
+    return f"accounts:login:{kind}:{_digest(subject)}"
+
+
+def _digest(subject: str) -> str:
+    # Hashed so addresses do not sit in Redis (or in a cookie) in clear text.
+    return hashlib.sha256(subject.encode()).hexdigest()[:32]
 
 
 def _is_ip(value: str) -> bool:

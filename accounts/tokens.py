@@ -5,6 +5,14 @@ A token is `signing.dumps({"u": user id, "s": state})` under a salt per purpose.
 timestamp inside makes it expire; the state makes it single-use: it is a digest of what using
 the token changes (the verification time for a verification link, the password hash and last
 login for a reset link), so once used it no longer matches and is refused.
+
+A verification link's state covers the password hash too: it confirms the password of the
+signup that asked for it. A repeat signup of an unverified address replaces the password, and
+every link sent before it stops working, so nobody can sign up with someone else's address,
+wait for its owner to verify, and log in with a password of their own.
+
+Emails store the state, never a token: the token is signed when the email is sent
+(`token_sign`), so nothing readable in the database or the admin can log anyone in.
 """
 
 import hashlib
@@ -26,9 +34,10 @@ class InvalidToken(Exception):
     """The link is malformed, tampered with, expired or already used."""
 
 
-def _state(purpose: str, user: User) -> str:
+def token_state(*, purpose: str, user: User) -> str:
+    """What a token for `user` must still match when it is used."""
     if purpose == PURPOSE_VERIFY:
-        parts = [user.email, str(user.email_verified_at)]
+        parts = [user.email, str(user.email_verified_at), user.password]
     else:
         parts = [user.password, str(user.last_login)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
@@ -41,7 +50,14 @@ def _max_age(purpose: str) -> int:
 
 
 def token_make(*, purpose: str, user: User) -> str:
-    return signing.dumps({"u": user.pk, "s": _state(purpose, user)}, salt=purpose, compress=True)
+    return token_sign(
+        purpose=purpose, user_id=user.pk, state=token_state(purpose=purpose, user=user)
+    )
+
+
+def token_sign(*, purpose: str, user_id: int, state: str) -> str:
+    """A token for a state taken earlier: it expires `max_age` after this call."""
+    return signing.dumps({"u": user_id, "s": state}, salt=purpose, compress=True)
 
 
 def token_user(*, purpose: str, token: str) -> User:
@@ -52,6 +68,6 @@ def token_user(*, purpose: str, token: str) -> User:
         state = str(payload["s"])
     except (signing.BadSignature, KeyError, TypeError, ValueError, User.DoesNotExist) as error:
         raise InvalidToken("This link is invalid or has expired.") from error
-    if not constant_time_compare(state, _state(purpose, user)):
+    if not constant_time_compare(state, token_state(purpose=purpose, user=user)):
         raise InvalidToken("This link has already been used.")
     return user

@@ -78,7 +78,7 @@ def resend_verification(request: HttpRequest) -> HttpResponse:
     return _email_request_page(
         request,
         scope="resend",
-        service=services.verification_resend,
+        service=services.verification_resend_request,
         template="accounts/resend_verification.html",
         done="accounts:check-email",
     )
@@ -91,21 +91,25 @@ def login_page(request: HttpRequest) -> HttpResponse:
     next_url = request.POST.get("next") or request.GET.get("next", "")
     context = {"form": form, "next": next_url}
     if form.is_valid():
-        email = form.cleaned_data["email"]
-        if (refusal := _attempts_refused(request, scope="login", email=email)) is not None:
-            return refusal
         try:
-            user = services.user_authenticate(
-                email=form.cleaned_data["email"], password=form.cleaned_data["password"]
+            result = services.user_login(
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+                ip=throttling.client_ip(request),
+                device_cookie=request.COOKIES.get(throttling.DEVICE_COOKIE),
             )
+        except throttling.TooManyAttempts as refusal:
+            return _too_many_attempts(request, refusal)
         except services.LoginFailed as error:
             form.add_error(None, str(error))
         except services.EmailNotVerified as error:
             form.add_error(None, str(error))
             context["offer_resend"] = True
         else:
-            login(request, user)
-            return redirect(_safe_next(request, next_url) or reverse("accounts:dashboard"))
+            login(request, result.user)
+            response = redirect(_safe_next(request, next_url) or reverse("accounts:dashboard"))
+            throttling.device_cookie_set(response, result.device_cookie)
+            return response
     return render(request, "accounts/login.html", context)
 
 

@@ -343,13 +343,13 @@ def baseline_application():
 
     from accounts import services, tokens
     from accounts.api import ACCEPTED, CredentialsSerializer, PublicView, password_errors
-    from accounts.models import User, UserManager
+    from accounts.models import User, address_normalize
 
     class SignupInRequestView(PublicView):
         def post(self, request: Request) -> Response:
             data = self.valid(CredentialsSerializer, request)
             self.limit(request, scope="signup", email=data["email"])
-            email = UserManager.normalize_address(data["email"])
+            email = address_normalize(data["email"])
             try:
                 services.password_check(password=data["password"], email=email)
             except DjangoValidationError as error:

@@ -9,6 +9,7 @@ starts, and a module named like a standard-library one (`queue`, `signal`, `subp
 would shadow it for Celery and kombu. Scripts import it as `bench.support`.
 """
 
+import http.client
 import os
 import platform
 import shlex
@@ -181,6 +182,8 @@ def django_setup(
             "DEBUG": "0",
             "SECRET_KEY": "bench-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
             "SECURE_SSL_REDIRECT": "0",
+            # Clients connect to the benchmark's web server directly, with no proxy in front.
+            "TRUSTED_PROXIES": "none",
             **(environment or {}),
         }
     )
@@ -257,6 +260,42 @@ class Worker(Server):
         )
         if not replies:
             raise RuntimeError(f"the worker did not answer {command}:\n{self.log_tail()}")
+
+
+class WebServer(Server):
+    """gunicorn serving `application` on a free port of 127.0.0.1 with sync workers and the
+    Procfile's timeouts. Started after `django_setup`; ready once /healthz answers."""
+
+    def __init__(self, *, application: str, logfile: Path, workers: int) -> None:
+        super().__init__(logfile=logfile)
+        self.application = application
+        self.workers = workers
+        self.port = free_port()
+
+    def start(self) -> Self:
+        command = [
+            sys.executable, "-m", "gunicorn", self.application,
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+            "--timeout", "30", "--graceful-timeout", "20",
+        ]  # fmt: skip
+        with self.logfile.open("wb") as log:
+            self.process = spawn(command, log=log)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{self.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def _answers(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        try:
+            connection.request("GET", "/healthz")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Defaults are the embedded ones a newcomer gets from `make run`: SQLite under var
 Redis, emails written to files. Production sets DEBUG=0 and real URLs; `check --deploy` passes.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -285,13 +286,30 @@ EMAIL_BODY_RETENTION_DAYS = env.int("EMAIL_BODY_RETENTION_DAYS", default=30)
 # nobody can flood one inbox) and per client IP (so nobody can flood many), as "N/s|m|h".
 ACCOUNT_EMAIL_RATE_PER_ADDRESS = env.str("ACCOUNT_EMAIL_RATE_PER_ADDRESS", default="5/h")
 ACCOUNT_EMAIL_RATE_PER_IP = env.str("ACCOUNT_EMAIL_RATE_PER_IP", default="30/h")
-# Login attempts: generous per address (a person mistyping must not be locked out for long, and
-# a low limit would let anyone lock out anyone), tighter per IP against password guessing.
-ACCOUNT_LOGIN_RATE_PER_ADDRESS = env.str("ACCOUNT_LOGIN_RATE_PER_ADDRESS", default="20/h")
-ACCOUNT_LOGIN_RATE_PER_IP = env.str("ACCOUNT_LOGIN_RATE_PER_IP", default="100/h")
-# Reverse proxies whose X-Forwarded-For is believed; from anyone else the header is ignored,
-# since a client can write whatever it likes into it.
-TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+# Password guessing (accounts/throttling.py: LoginGuard): failed passwords are free up to this
+# many per address (and per client IP, where people share addresses behind NAT); each one after
+# locks the address (or IP) for twice as long as the last, from 1 s up to the cap. A browser
+# the owner logged in from before is counted apart, so nobody can lock the owner out of it.
+ACCOUNT_LOGIN_FREE_FAILURES = env.int("ACCOUNT_LOGIN_FREE_FAILURES", default=5)
+ACCOUNT_LOGIN_FREE_FAILURES_PER_IP = env.int("ACCOUNT_LOGIN_FREE_FAILURES_PER_IP", default=50)
+ACCOUNT_LOGIN_MAX_LOCK_SECONDS = env.int("ACCOUNT_LOGIN_MAX_LOCK_SECONDS", default=900)
+# Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
+# anyone else the header is ignored, since a client can write whatever it likes into it. The web
+# refuses to start with DEBUG off until it is set ("none": clients connect directly), because
+# behind an undeclared proxy every client shares the proxy's one per-IP abuse limit.
+TRUSTED_PROXIES_DECLARED = bool(env.str("TRUSTED_PROXIES", default="").strip())
+TRUSTED_PROXIES = [
+    entry.strip()
+    for entry in env.list("TRUSTED_PROXIES", default=[])
+    if entry.strip() and entry.strip().lower() != "none"
+]
+for _entry in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_entry, strict=False)
+    except ValueError as _error:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_entry!r} is no address or network"
+        ) from _error
 LOGIN_URL = "/login"
 
 # --- Media ----------------------------------------------------------------------------------
@@ -332,8 +350,9 @@ SPECTACULAR_SETTINGS = {
 # --- Security -------------------------------------------------------------------------------
 
 # Behind a TLS-terminating proxy the request arrives as plain HTTP; this header says otherwise.
-# Set it only when such a proxy strips the header from client requests (all common ones do).
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Believed only behind a declared proxy (which strips it from client requests, as all common ones
+# do): without one, any client could claim HTTPS.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXIES else None
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # /healthz and /readyz are probed over plain HTTP from inside the cluster.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]

@@ -6,7 +6,7 @@ import pytest
 
 from config.celery import app
 from tests.harness import REDIS_PORT, SESSION_DIR, SMTP_PORT
-from tests.services import BeatProcess, CeleryProcess, RedisServer, WorkerProcess
+from tests.services import BeatProcess, ProjectProcess, RedisServer, WebProcess, WorkerProcess
 from tests.smtp import SmtpServer
 
 
@@ -86,10 +86,10 @@ def celery_worker(transactional_db, _session_worker: WorkerProcess) -> WorkerPro
     return _session_worker
 
 
-def _processes_stopped_after_the_test(kind: type[CeleryProcess]):
-    started: list[CeleryProcess] = []
+def _processes_stopped_after_the_test(kind: type[ProjectProcess]):
+    started: list[ProjectProcess] = []
 
-    def start(*, wait: bool = True, **options) -> CeleryProcess:
+    def start(*, wait: bool = True, **options) -> ProjectProcess:
         process = kind(logdir=SESSION_DIR / "processes", **options)
         started.append(process)
         return process.start(wait=wait)
@@ -109,6 +109,13 @@ def start_worker(transactional_db) -> Iterator[Callable[..., WorkerProcess]]:
 def start_beat(transactional_db) -> Iterator[Callable[..., BeatProcess]]:
     """Start `celery beat` processes, stopped after the test."""
     yield from _processes_stopped_after_the_test(BeatProcess)
+
+
+@pytest.fixture
+def start_web(transactional_db) -> Iterator[Callable[..., WebProcess]]:
+    """Start the web server as production runs it (the Procfile's command), stopped after the
+    test. For what depends on a server process's state: start-up, logs, timeouts."""
+    yield from _processes_stopped_after_the_test(WebProcess)
 
 
 @pytest.fixture

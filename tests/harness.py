@@ -40,6 +40,8 @@ os.environ.update(
         "SECRET_KEY": "tests-only-secret-key-that-is-long-enough-for-django-checks-0123456789",
         # The test client speaks plain HTTP; redirecting it to HTTPS would test nothing.
         "SECURE_SSL_REDIRECT": "0",
+        # Clients (the test client, test servers) connect directly; no proxy in front.
+        "TRUSTED_PROXIES": "none",
         # Retry waits in seconds, not minutes: the same backoff shape, at a test's pace.
         "JOBS_RETRY_BASE_SECONDS": "0.5",
         "JOBS_RETRY_MAX_SECONDS": "8",

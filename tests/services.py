@@ -1,8 +1,11 @@
-"""Real processes the tests start and stop: a private redis-server and Celery workers."""
+"""Real processes the tests start and stop: a private redis-server, Celery workers and beats,
+and the web server."""
 
+import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +21,12 @@ from config.celery import app
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def eventually(probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:
@@ -117,8 +126,9 @@ def database_url_for_subprocesses() -> str:
     return f"postgres://{credentials}@{host}{port}/{params['NAME']}"
 
 
-class CeleryProcess:
-    """A `celery -A config <program>` subprocess on the test database and the private Redis."""
+class ProjectProcess:
+    """One of the project's own processes (a Celery program, the web server) as a subprocess on
+    the test database and the private Redis."""
 
     program = ""
 
@@ -128,15 +138,15 @@ class CeleryProcess:
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
 
-    def arguments(self) -> list[str]:
+    def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, *, wait: bool = True) -> "CeleryProcess":
+    def start(self, *, wait: bool = True) -> "ProjectProcess":
         env = {**os.environ, "DATABASE_URL": database_url_for_subprocesses(), **self.extra_env}
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", self.program, *self.arguments()],
+                self.command(),
                 cwd=BASE_DIR,
                 env=env,
                 stdout=log,
@@ -189,6 +199,45 @@ class CeleryProcess:
         if not self.logfile.exists():
             return "(no log)"
         return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+
+class CeleryProcess(ProjectProcess):
+    """`celery -A config <program>`."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "config", self.program, *self.arguments()]
+
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+
+class WebProcess(ProjectProcess):
+    """The Procfile's `web` command, run by a shell as honcho runs it (gunicorn with
+    config/gunicorn.py), on a free port of 127.0.0.1; its access log goes to its log file."""
+
+    program = "web"
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.port = free_port()
+        self.extra_env = {"WEB_BIND": "127.0.0.1", "PORT": str(self.port), **self.extra_env}
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        procfile = (BASE_DIR / "Procfile").read_text().splitlines()
+        web = next(line for line in procfile if line.startswith("web:"))
+        # exec: the shell becomes gunicorn, so stop() signals gunicorn itself.
+        return ["sh", "-c", f'PATH="{Path(sys.executable).parent}:$PATH" exec {web[4:].strip()}']
+
+    def is_ready(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        try:
+            connection.request("GET", "/healthz")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
 
 
 class WorkerProcess(CeleryProcess):

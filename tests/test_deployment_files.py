@@ -62,6 +62,9 @@ def assert_command_runs_repository_code(argv: list[str]) -> None:
     if program == "gunicorn":
         module, attribute = argv[1].split(":")
         assert callable(getattr(importlib.import_module(module), attribute))
+        # The settings file keeps tokens out of the access log and ties forwarded headers to
+        # TRUSTED_PROXIES: a web command without it loses both.
+        assert option(argv, "-c", "--config") == "config/gunicorn.py", argv
     elif program == "celery":
         app_module = option(argv, "-A", "--app")
         assert importlib.import_module(app_module).celery_app is not None
@@ -159,6 +162,12 @@ def test_workers_get_time_for_a_soft_shutdown_before_docker_kills_them():
             assert service["stop_signal"] == "SIGTERM"
             grace = int(service["stop_grace_period"].removesuffix("s"))
             assert grace > settings.CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT, name
+
+
+def test_compose_makes_the_deployer_declare_the_proxies_in_front_of_the_web():
+    # Without it the web refuses to start (config/wsgi.py); compose says so before it starts.
+    declared = SERVICES["web"]["environment"]["TRUSTED_PROXIES"]
+    assert re.fullmatch(r"\$\{TRUSTED_PROXIES:\?[^}]+\}", declared), declared
 
 
 def test_every_variable_compose_passes_is_documented_in_env_example():
