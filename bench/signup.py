@@ -82,7 +82,7 @@ STUCK_SECONDS = 30.0
 class Scenario:
     key: str
     label: str
-    server: "WebServer"
+    server: support.WebServer
     path: str
     smtp_delay: float
     latencies: list[float] = field(default_factory=list)
@@ -138,10 +138,15 @@ def main() -> None:
             logging.getLogger("mail.log").setLevel(logging.WARNING)
             worker = SignupWorker(logfile=workdir / "worker.log")
             web_servers = [
-                WebServer(application="config.wsgi:application", logfile=workdir / "web.log"),
-                WebServer(
+                support.WebServer(
+                    application="config.wsgi:application",
+                    logfile=workdir / "web.log",
+                    workers=WEB_WORKERS,
+                ),
+                support.WebServer(
                     application="bench.signup:baseline_application()",
                     logfile=workdir / "web-baseline.log",
+                    workers=WEB_WORKERS,
                 ),
             ]
             try:
@@ -174,8 +179,8 @@ def _run(
     requests: int,
     clients: int,
     run: str,
-    web: "WebServer",
-    baseline_web: "WebServer",
+    web: support.WebServer,
+    baseline_web: support.WebServer,
     smtp: SmtpServer,
     worker: "SignupWorker",
     broker: redis.Redis,
@@ -243,14 +248,16 @@ def _run(
     )
 
 
-def _signups(*, server: "WebServer", path: str, addresses: list[str], clients: int) -> list[float]:
+def _signups(
+    *, server: support.WebServer, path: str, addresses: list[str], clients: int
+) -> list[float]:
     with ThreadPoolExecutor(max_workers=clients) as pool:
         return list(
             pool.map(lambda email: _signup(server=server, path=path, email=email), addresses)
         )
 
 
-def _signup(*, server: "WebServer", path: str, email: str) -> float:
+def _signup(*, server: support.WebServer, path: str, email: str) -> float:
     """Seconds from connecting to having read the whole answer, as a client sees a signup."""
     body = json.dumps({"email": email, "password": PASSWORD})
     started = time.perf_counter()
@@ -388,40 +395,6 @@ def baseline_application():
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-class WebServer(support.Server):
-    """gunicorn with the Procfile's options, on a free port of 127.0.0.1."""
-
-    def __init__(self, *, application: str, logfile: Path) -> None:
-        super().__init__(logfile=logfile)
-        self.application = application
-        self.port = support.free_port()
-
-    def start(self) -> "WebServer":
-        command = [
-            sys.executable, "-m", "gunicorn", self.application,
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(WEB_WORKERS),
-            "--timeout", "30", "--graceful-timeout", "20",
-        ]  # fmt: skip
-        with self.logfile.open("wb") as log:
-            self.process = support.spawn(command, log=log)
-        deadline = time.monotonic() + support.START_TIMEOUT_SECONDS
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{self.log_tail()}")
-            time.sleep(0.1)
-        return self
-
-    def _answers(self) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-        try:
-            connection.request("GET", "/healthz")
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            connection.close()
 
 
 class SignupWorker(support.Worker):

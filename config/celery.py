@@ -13,4 +13,7 @@ app = Celery("config", task_cls="jobs.base:PlatformTask")
 # Every CELERY_* setting in config/settings.py configures the app, so the environment drives it.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name, routing_key=name) for name in settings.JOB_QUEUES]
+# Workers publish their liveness and queues to Redis for /readyz (jobs/heartbeats.py); named, not
+# imported, so only a worker loads it.
+app.steps["consumer"].add("jobs.heartbeats:WorkerHeartbeat")
 app.autodiscover_tasks()

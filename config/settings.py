@@ -231,6 +231,9 @@ CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=60)
 # Each /readyz check gives up after this many seconds, so the endpoint itself never hangs.
 READINESS_CHECK_TIMEOUT = env.float("READINESS_CHECK_TIMEOUT", default=2.0)
+# A web process reuses each /readyz check's result for this many seconds, so any number of pollers
+# cost one check per period; 2 s is below any probe interval, so the next probe sees a change.
+READINESS_CACHE_SECONDS = env.float("READINESS_CACHE_SECONDS", default=2.0)
 
 # --- Job platform (jobs/) -------------------------------------------------------------------
 

@@ -1,10 +1,27 @@
-"""Readiness checks: can this deployment take a request and get its background work done?
+"""Readiness checks: can this web process serve, and can the deployment get its work done?
 
-Each check runs in its own thread with a deadline, so a dead database or a broker that drops
-packets makes /readyz answer 503 quickly instead of hanging the load balancer's probe.
+Two scopes (`/readyz?scope=...`, jobs/views.py):
+- `deployment` (the default): the database, the broker, a live worker, a consumer for every
+  queue of settings.JOB_QUEUES, and a fresh beat heartbeat. For monitoring and alerting.
+- `web`: the database only, all a web process needs to answer requests. For the web tier's
+  readiness probe, so that a broker outage (which the outbox absorbs) never takes every web
+  process out of rotation.
+
+A probe is cheap and bounded whatever its dependencies do:
+- Workers are not pinged (a ping waits its whole timeout, since nobody knows how many workers
+  will answer): they publish heartbeats to Redis (jobs/heartbeats.py), and the checks read them.
+- Each check runs in a thread of its own and counts as failed once it has run for
+  READINESS_CHECK_TIMEOUT without an answer, so a probe answers within one timeout.
+- At most one run of each check is in flight per process. A probe that finds one running (a
+  dependency that hangs) waits for that run instead of starting another, so a hung dependency
+  holds one thread, not one per probe, and concurrent probes share one run.
+- A result is reused for READINESS_CACHE_SECONDS after it came in, so any number of pollers
+  cost about one.
 """
 
 import concurrent.futures
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +30,7 @@ from django.conf import settings
 from django.db import connection, connections
 
 from config.celery import app
-from jobs.heartbeats import beat_heartbeat_age
+from jobs.heartbeats import beat_heartbeat_age, worker_heartbeats
 
 
 @dataclass(frozen=True)
@@ -29,24 +46,33 @@ def check_database() -> CheckResult:
             cursor.execute("SELECT 1")
         return CheckResult(ok=True, detail="answered")
     finally:
-        # The check runs in a throwaway thread; its connection must not leak.
+        # The check runs in a thread that ends after it; its connection must not outlive it.
         connections.close_all()
 
 
 def check_broker() -> CheckResult:
     with app.connection_for_write() as broker:
-        broker.ensure_connection(max_retries=1, timeout=settings.READINESS_CHECK_TIMEOUT)
+        # One attempt: kombu sleeps 2 s before a retry, which would turn a broker that refuses
+        # connections into a check that times out. The next probe is the retry.
+        broker.ensure_connection(max_retries=0)
         # kombu connects lazily; opening a channel makes the transport talk to the server.
         broker.default_channel  # noqa: B018
     return CheckResult(ok=True, detail=f"reachable ({broker.transport_cls})")
 
 
 def check_workers() -> CheckResult:
-    replies = app.control.ping(timeout=min(1.0, settings.READINESS_CHECK_TIMEOUT / 2))
-    names = sorted(name for reply in replies for name in reply)
+    names = sorted(worker_heartbeats())
     if not names:
-        return CheckResult(ok=False, detail="no worker answered a ping")
-    return CheckResult(ok=True, detail=f"{len(names)} answering: {', '.join(names)}")
+        return CheckResult(ok=False, detail="no worker heartbeat")
+    return CheckResult(ok=True, detail=f"{len(names)} alive: {', '.join(names)}")
+
+
+def check_queues() -> CheckResult:
+    consumed = {queue for queues in worker_heartbeats().values() for queue in queues}
+    missing = [queue for queue in settings.JOB_QUEUES if queue not in consumed]
+    if missing:
+        return CheckResult(ok=False, detail=f"no consumer for {', '.join(missing)}")
+    return CheckResult(ok=True, detail=f"every queue has a consumer ({len(settings.JOB_QUEUES)})")
 
 
 def check_beat() -> CheckResult:
@@ -58,47 +84,95 @@ def check_beat() -> CheckResult:
     return CheckResult(ok=True, detail=f"last heartbeat {age:.1f}s ago")
 
 
-def _timed(check: Callable[[], CheckResult]) -> CheckResult:
-    started = time.monotonic()
-    try:
-        result = check()
-    except Exception as error:  # any failure of a dependency means "not ready"
-        result = CheckResult(ok=False, detail=f"{type(error).__name__}: {error}")
-    return CheckResult(result.ok, result.detail, round((time.monotonic() - started) * 1000, 1))
+@dataclass(frozen=True)
+class _Run:
+    started: float  # time.monotonic()
+    future: concurrent.futures.Future
 
 
-def readiness_report() -> dict[str, CheckResult]:
-    """Run every check concurrently; a check still running at the deadline counts as failed."""
-    deadline = settings.READINESS_CHECK_TIMEOUT
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
-    try:
-        # Workers are asked only through a broker that answered: pinging through a dead broker
-        # would just spend the deadline on reconnects.
-        broker_and_db = {
-            "database": pool.submit(_timed, check_database),
-            "broker": pool.submit(_timed, check_broker),
-            "beat": pool.submit(_timed, check_beat),
-        }
-        results = _collect(broker_and_db, deadline)
-        if results["broker"].ok:
-            results.update(_collect({"worker": pool.submit(_timed, check_workers)}, deadline))
-        else:
-            results["worker"] = CheckResult(ok=False, detail="not checked: broker unreachable")
-        return results
-    finally:
-        # Never wait for a stuck check: the response goes out at the deadline regardless.
-        pool.shutdown(wait=False, cancel_futures=True)
+class _Check:
+    """One check in this process: its latest result, and its run in flight if there is one."""
+
+    def __init__(self, name: str, function: Callable[[], CheckResult]) -> None:
+        self.name = name
+        self.function = function
+        self._lock = threading.Lock()
+        self._run: _Run | None = None
+        self._last: CheckResult | None = None
+        self._last_at = -math.inf  # time.monotonic() when the latest result came in
+
+    def result_or_run(self) -> CheckResult | _Run:
+        """A result recent enough to reuse, or the run that will give one: the run in flight,
+        or, when there is none, a new one."""
+        with self._lock:
+            if time.monotonic() - self._last_at < settings.READINESS_CACHE_SECONDS:
+                return self._last
+            if self._run is None:
+                self._run = _Run(started=time.monotonic(), future=concurrent.futures.Future())
+                # A daemon thread: one stuck in a hung dependency must not hold up the exit of
+                # the process (a gunicorn worker restarting).
+                threading.Thread(
+                    target=self._execute,
+                    args=(self._run.future,),
+                    name=f"readyz-{self.name}",
+                    daemon=True,
+                ).start()
+            return self._run
+
+    def _execute(self, future: concurrent.futures.Future) -> None:
+        started = time.monotonic()
+        try:
+            result = self.function()
+        except Exception as error:  # any failure of a dependency means "not ready"
+            result = CheckResult(ok=False, detail=f"{type(error).__name__}: {error}")
+        result = CheckResult(result.ok, result.detail, _milliseconds(time.monotonic() - started))
+        with self._lock:
+            self._run, self._last, self._last_at = None, result, time.monotonic()
+        future.set_result(result)
 
 
-def _collect(
-    futures: dict[str, concurrent.futures.Future], deadline: float
-) -> dict[str, CheckResult]:
-    concurrent.futures.wait(futures.values(), timeout=deadline)
-    return {
-        name: future.result()
-        if future.done()
-        else CheckResult(
-            ok=False, detail=f"no answer within {deadline:g}s", duration_ms=deadline * 1000
+CHECKS = {
+    check.name: check
+    for check in (
+        _Check("database", check_database),
+        _Check("broker", check_broker),
+        _Check("worker", check_workers),
+        _Check("queues", check_queues),
+        _Check("beat", check_beat),
+    )
+}
+SCOPES = {"deployment": tuple(CHECKS), "web": ("database",)}
+DEFAULT_SCOPE = "deployment"
+
+
+def readiness_report(*, scope: str = DEFAULT_SCOPE) -> dict[str, CheckResult]:
+    """The result of every check of `scope`, within one READINESS_CHECK_TIMEOUT."""
+    timeout = settings.READINESS_CHECK_TIMEOUT
+    pending = {name: CHECKS[name].result_or_run() for name in SCOPES[scope]}
+    runs = [item for item in pending.values() if isinstance(item, _Run)]
+    if runs:
+        # A run that is `timeout` old without an answer has failed. Waiting until the youngest
+        # run is that old bounds the probe by one timeout, and a probe that finds only runs
+        # already that old (a dependency hanging since earlier probes) does not wait at all.
+        deadline = max(run.started for run in runs) + timeout
+        concurrent.futures.wait(
+            [run.future for run in runs], timeout=max(0.0, deadline - time.monotonic())
         )
-        for name, future in futures.items()
-    }
+    return {name: _outcome(item, timeout) for name, item in pending.items()}
+
+
+def _outcome(item: CheckResult | _Run, timeout: float) -> CheckResult:
+    if isinstance(item, CheckResult):
+        return item
+    if item.future.done():
+        return item.future.result()
+    # The duration says how long the dependency has been hanging, which may be longer than
+    # this probe waited: the run may have started for an earlier probe.
+    running = time.monotonic() - item.started
+    return CheckResult(
+        ok=False, detail=f"no answer within {timeout:g}s", duration_ms=_milliseconds(running)
+    )
+
+
+def _milliseconds(seconds: float) -> float:
+    return round(seconds * 1000, 1)

@@ -5,7 +5,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from jobs.health import readiness_report
+from jobs.health import DEFAULT_SCOPE, SCOPES, readiness_report
 
 
 @never_cache
@@ -19,7 +19,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks = readiness_report()
+    """Readiness of the whole deployment, or with `?scope=web` of this web process alone."""
+    scope = request.GET.get("scope", DEFAULT_SCOPE)
+    if scope not in SCOPES:
+        return JsonResponse(
+            {
+                "detail": "Unknown readiness scope.",
+                "errors": {"scope": [f"Must be one of: {', '.join(SCOPES)}."]},
+            },
+            status=400,
+        )
+    checks = readiness_report(scope=scope)
     ready = all(result.ok for result in checks.values())
     return JsonResponse(
         {"status": "ok" if ready else "fail", "checks": {k: asdict(v) for k, v in checks.items()}},
