@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts import tokens
 from accounts.models import EmailDelivery, User
 from jobs.outbox import enqueue
-from jobs.retry import PermanentError, TransientError, classify_smtp_error
+from jobs.retry import OutcomeUnknown, PermanentError, TransientError, classify_smtp_error
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +75,13 @@ def email_delivery_send(*, delivery_id: int) -> None:
     """
     with transaction.atomic():
         delivery = EmailDelivery.objects.select_for_update().get(pk=delivery_id)
-        if delivery.status in {EmailDelivery.Status.SENT, EmailDelivery.Status.FAILED}:
+        if delivery.status not in {EmailDelivery.Status.QUEUED, EmailDelivery.Status.SENDING}:
             return  # redelivered message, or an operator's decision: the effect is settled
         if delivery.status == EmailDelivery.Status.SENDING:
             # A worker died between starting this send and recording its outcome. The server
             # may or may not have accepted it; sending again could deliver it twice. Leave the
             # decision to a person ("send again" in the admin).
-            delivery.status = EmailDelivery.Status.FAILED
+            delivery.status = EmailDelivery.Status.UNKNOWN
             delivery.last_error = "interrupted while sending; may have been delivered"
             delivery.save(update_fields=["status", "last_error", "updated_at"])
             return
@@ -90,13 +90,17 @@ def email_delivery_send(*, delivery_id: int) -> None:
         delivery.save(update_fields=["status", "attempts", "updated_at"])
     try:
         _smtp_send(delivery)
+    except OutcomeUnknown as error:
+        # Sending again could deliver it twice: the task dead-letters it, a person decides.
+        _delivery_failed(delivery, status=EmailDelivery.Status.UNKNOWN, error=error)
+        raise
     except Exception as error:
         verdict = classify_smtp_error(error) or error
         transient = isinstance(verdict, TransientError)
-        EmailDelivery.objects.filter(pk=delivery.pk).update(
+        _delivery_failed(
+            delivery,
             status=EmailDelivery.Status.QUEUED if transient else EmailDelivery.Status.FAILED,
-            last_error=f"{type(error).__name__}: {error}"[:2000],
-            updated_at=timezone.now(),
+            error=error,
         )
         if transient or isinstance(verdict, PermanentError):
             raise verdict from error
@@ -109,9 +113,18 @@ def email_delivery_send(*, delivery_id: int) -> None:
     )
 
 
+def _delivery_failed(delivery: EmailDelivery, *, status: str, error: Exception) -> None:
+    EmailDelivery.objects.filter(pk=delivery.pk).update(
+        status=status,
+        last_error=f"{type(error).__name__}: {error}"[:2000],
+        updated_at=timezone.now(),
+    )
+
+
 def email_delivery_give_up(*, delivery_id: int, reason: str) -> None:
-    """Retries are exhausted: the delivery failed (its dead letter allows a re-drive)."""
-    EmailDelivery.objects.filter(pk=delivery_id).exclude(status=EmailDelivery.Status.SENT).update(
+    """Retries are exhausted: the delivery failed (its dead letter allows a re-drive). A
+    delivery that was sent, or may have been, keeps saying so."""
+    EmailDelivery.objects.filter(pk=delivery_id, status=EmailDelivery.Status.QUEUED).update(
         status=EmailDelivery.Status.FAILED, last_error=reason[:2000], updated_at=timezone.now()
     )
 

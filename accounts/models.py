@@ -129,6 +129,9 @@ class EmailDelivery(models.Model):
         SENDING = "sending", "sending"
         SENT = "sent", "sent"
         FAILED = "failed", "failed"
+        # The server may have it: the reply to the message was lost, or a worker died between
+        # handing it over and recording the answer. Never sent again by itself; a person decides.
+        UNKNOWN = "unknown", "may have been delivered"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     user = models.ForeignKey(

@@ -149,7 +149,13 @@ if EMAIL_URL.startswith("filemail://"):
     EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
     EMAIL_FILE_PATH = EMAIL_URL.removeprefix("filemail://")
 else:
-    globals().update(env.email_url_config(EMAIL_URL))
+    _email_config = env.email_url_config(EMAIL_URL)
+    if _email_config["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend":
+        # Django's SMTP backend, which also tells a failure that may have delivered the message
+        # (the reply lost after the server had it) from one that did not: only the second is
+        # retried.
+        _email_config["EMAIL_BACKEND"] = "accounts.smtp.EmailBackend"
+    globals().update(_email_config)
 # Bounded so a hung SMTP server fails the task (and it retries) instead of holding a worker.
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Celery SaaS <no-reply@localhost>")
@@ -260,6 +266,11 @@ JOBS_OUTBOX_RETENTION_DAYS = env.int("JOBS_OUTBOX_RETENTION_DAYS", default=7)
 JOBS_MAX_BROKER_COUNTDOWN_SECONDS = env.float(
     "JOBS_MAX_BROKER_COUNTDOWN_SECONDS", default=CELERY_VISIBILITY_TIMEOUT / 2
 )
+# A row whose publish fails for a reason of its own (its queue is gone, its arguments do not
+# serialize) is retried with the retry backoff, so it never holds up the rows behind it, and
+# after this many attempts becomes a dead letter. 8 attempts span ~8 minutes with the defaults:
+# long enough to ride out a deploy that renames a queue, short enough that a person hears of it.
+JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS = env.int("JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS", default=8)
 # Global limits for calls to outside providers, shared by every worker: "20/s", "600/m".
 JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
 # Only one beat sends periodic tasks: every beat competes for this Redis lock, and only its holder

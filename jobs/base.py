@@ -18,6 +18,7 @@ A task declares what it is; this class turns that into behaviour:
 import contextlib
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -29,6 +30,7 @@ from django.db import transaction
 from kombu.utils.uuid import uuid
 
 from jobs.deadletters import dead_letter_record
+from jobs.outbox import enqueue_retry
 from jobs.redis import redis_client
 from jobs.retry import NEVER_RETRY, RetryPolicy, TransientError
 
@@ -67,11 +69,6 @@ class PlatformTask(DjangoTask):
         )
         return self.AsyncResult(task_id)
 
-    def publish_now_unsafe(self, *args: Any, **kwargs: Any) -> AsyncResult:
-        """Publish at once even inside a transaction: the worker may run before the commit
-        (and find nothing) or after a rollback (and act on nothing). For callers that know."""
-        return super().apply_async(args, kwargs)
-
     # --- running ------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -91,9 +88,13 @@ class PlatformTask(DjangoTask):
         try:
             result = super().__call__(*args, **kwargs)
         except (Retry, Ignore, Reject) as control:
-            # The task steered its own fate (self.retry(), a deferral): not a failure.
+            # The task steered its own fate (self.retry(), a deferral): not a failure, and this
+            # delivery ended without killing its worker, so it does not count toward a poison
+            # message. A deferral comes back with the same id and retry count, hence the same
+            # key: forgetting the count instead would let a message that kills its worker every
+            # other delivery, deferred in between under a backlog, loop forever.
             self._log_outcome(type(control).__name__.lower(), started, attempt)
-            self._forget_deliveries(delivery_key)
+            self._delivery_ended(delivery_key)
             raise
         except Exception as error:
             self._forget_deliveries(delivery_key)
@@ -111,11 +112,19 @@ class PlatformTask(DjangoTask):
                         exc=error, countdown=wait, max_retries=self.retry_policy.retries_allowed
                     ) from error
                 except Reject:
-                    # Celery could not publish the retry (the broker failed too) and drops the
-                    # message. Not silently: it becomes a dead letter, re-drivable later.
-                    self._dead_letter(args, kwargs, error, attempt)
-                    self._log_outcome("failure", started, attempt, error)
-                    raise
+                    # Celery could not publish the retry: the broker failed too (often the same
+                    # Redis blip that made the error transient). The retry waits in the outbox,
+                    # under this task's id and retry count, and the relay publishes it once the
+                    # broker is back. A canvas step's retry loses its canvas this way; the job's
+                    # sweep resumes what the canvas would have run.
+                    enqueue_retry(
+                        self,
+                        task_id=request.id,
+                        retries=request.retries + 1,
+                        delay=timedelta(seconds=wait),
+                        kwargs=kwargs,
+                    )
+                    raise Ignore() from error
             self._dead_letter(args, kwargs, error, attempt)
             self._log_outcome("failure", started, attempt, error)
             raise
@@ -139,6 +148,11 @@ class PlatformTask(DjangoTask):
     def _forget_deliveries(key: str) -> None:
         with contextlib.suppress(redis.RedisError):  # the key expires by itself anyway
             redis_client().delete(key)
+
+    @staticmethod
+    def _delivery_ended(key: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # uncounted: at worst one delivery early
+            redis_client().decr(key)
 
     def _dead_letter(self, args: tuple, kwargs: dict, error: BaseException, attempt: int) -> None:
         delivery_info = self.request.delivery_info or {}

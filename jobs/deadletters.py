@@ -37,11 +37,14 @@ def dead_letter_record(
         "traceback": formatted[-20000:],
         "attempts": attempts,
         "last_failed_at": now,
-        "status": DeadLetter.Status.DEAD,
     }
-    # The same task id fails again after a re-drive of the same message: one row, updated.
+    # The same task id can fail again (its message redelivered, or published twice by the
+    # relay): one row, updated. A letter someone already re-drove or discarded keeps that
+    # status: a decision is taken once, and the same failure does not ask for it again.
     letter, _ = DeadLetter.objects.update_or_create(
-        task_id=task_id, defaults=details, create_defaults={**details, "first_failed_at": now}
+        task_id=task_id,
+        defaults=details,
+        create_defaults={**details, "first_failed_at": now, "status": DeadLetter.Status.DEAD},
     )
     logger.error(
         "dead letter %s: task=%s id=%s attempts=%d error=%s",

@@ -15,12 +15,19 @@ class OutboxMessage(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         PUBLISHED = "published", "published"
+        # Publishing this row failed JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS times for a reason of its
+        # own (not the broker being down): it is a dead letter now, for a person to act on.
+        UNPUBLISHABLE = "unpublishable", "unpublishable"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     task_name = models.CharField(max_length=200)
     kwargs = models.JSONField(default=dict)
     queue = models.CharField(max_length=50, blank=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # A task's retry that the worker could not publish waits here: it keeps its task's id (the
+    # row's own id otherwise) and its retry count.
+    task_id = models.CharField(max_length=255, blank=True)
+    retries = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=13, choices=Status.choices, default=Status.PENDING)
     created_at = models.DateTimeField(default=timezone.now)
     # Not published before this instant: a delay too long for a broker countdown.
     release_at = models.DateTimeField(default=timezone.now)
@@ -28,6 +35,8 @@ class OutboxMessage(models.Model):
     claimed_until = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)
     publish_attempts = models.PositiveIntegerField(default=0)
+    # Of those, the failures that were this row's own (the broker answered, but not for it).
+    row_failures = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
 
     class Meta:
@@ -43,6 +52,10 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} ({self.status})"
+
+    @property
+    def celery_task_id(self) -> str:
+        return self.task_id or str(self.id)
 
 
 class DeadLetter(models.Model):

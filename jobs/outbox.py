@@ -13,20 +13,27 @@ A message may be published twice (the relay cannot know whether a publish whose 
 lost reached the broker), which is why every task is idempotent and the row id is the task id.
 """
 
+import contextlib
+import enum
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import QueueNotFound
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from config.celery import app
 from jobs.models import OutboxMessage
+from jobs.retry import DEFAULT_BACKOFF
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,23 @@ def enqueue_in(delay: timedelta, task: Task, /, **kwargs: Any) -> OutboxMessage:
     return _outbox_write(task, kwargs=kwargs, delay=delay)
 
 
-def _outbox_write(task: Task, *, kwargs: dict, delay: timedelta | None) -> OutboxMessage:
+def enqueue_retry(
+    task: Task, /, *, task_id: str, retries: int, delay: timedelta, kwargs: dict[str, Any]
+) -> OutboxMessage:
+    """The retry of a running task that could not be published (the broker failed with the
+    task): kept like any durable message, under the task's id and its retry count."""
+    with transaction.atomic():
+        return _outbox_write(task, kwargs=kwargs, delay=delay, task_id=task_id, retries=retries)
+
+
+def _outbox_write(
+    task: Task,
+    *,
+    kwargs: dict,
+    delay: timedelta | None,
+    task_id: str = "",
+    retries: int = 0,
+) -> OutboxMessage:
     now = timezone.now()
     stays_in_database = delay is not None and (
         delay.total_seconds() > settings.JOBS_MAX_BROKER_COUNTDOWN_SECONDS
@@ -81,6 +104,8 @@ def _outbox_write(task: Task, *, kwargs: dict, delay: timedelta | None) -> Outbo
         task_name=task.name,
         kwargs=kwargs,
         queue=getattr(task, "queue", None) or "",
+        task_id=task_id,
+        retries=retries,
         # Due when the delay ends, whichever path publishes it: if the publish after commit
         # fails, the relay still does not run a delayed task early.
         release_at=now + delay if delay else now,
@@ -95,35 +120,137 @@ def _outbox_write(task: Task, *, kwargs: dict, delay: timedelta | None) -> Outbo
     return message
 
 
-def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) -> bool:
+class Published(enum.Enum):
+    YES = "published"
+    ROW_FAILED = "this row could not be published; it is retried later or dead-lettered"
+    BROKER_DOWN = "the broker failed; nothing more can be published for now"
+
+
+def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) -> Published:
     """Publish one claimed row and mark it published. Never raises: a failure leaves the row
     pending (claim released) for the relay, which is the whole point of the outbox."""
     if not publish_circuit.allows_publishing():
         _release_claim(message, error="skipped: broker failed moments ago")
-        return False
+        return Published.BROKER_DOWN
     try:
-        app.send_task(
-            message.task_name,
-            kwargs=message.kwargs,
-            task_id=str(message.id),
-            queue=message.queue or None,
-            countdown=countdown,
-            # No kombu retry loop: the relay is the retry, and the caller is a waiting user.
-            retry=False,
-            # Bounds the wait for the broker's socket in the request (kombu's default is none).
-            timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
-            # send_task does not read the task's setting; without it, publishing would first
-            # subscribe to the result channel, which blocks for seconds when Redis is down.
-            ignore_result=getattr(app.tasks.get(message.task_name), "ignore_result", True),
-        )
-    except Exception as error:  # any broker failure: connection, timeout, protocol
+        _publishing_connection.send(message=message, countdown=countdown)
+    except Exception as error:
+        if not _is_broker_failure(error):
+            _row_failed(message, error)
+            return Published.ROW_FAILED
         publish_circuit.record_failure()
         logger.warning("outbox publish of %s failed, the relay will retry: %r", message.id, error)
         _release_claim(message, error=repr(error))
-        return False
+        return Published.BROKER_DOWN
     publish_circuit.record_success()
     _mark_published(message)
-    return True
+    return Published.YES
+
+
+class _PublishingConnection(threading.local):
+    """One broker connection per thread for outbox publishes, with every wait bounded by
+    JOBS_PUBLISH_TIMEOUT_SECONDS: connecting, each socket read and write, and no reconnect
+    loop. The app's shared connections have longer socket timeouts (a worker's consumer needs
+    them) and retry connecting, which cost a request ~6 s with the broker down and 5 s with a
+    broker that accepts and never answers; kombu's Redis transport ignores a publish `timeout`.
+    A connection that failed is dropped, and the next publish connects afresh."""
+
+    connection: Connection | None = None
+    pid: int | None = None
+
+    def send(self, *, message: OutboxMessage, countdown: float | None) -> None:
+        connection = self._connection()
+        try:
+            app.send_task(
+                message.task_name,
+                kwargs=message.kwargs,
+                task_id=message.celery_task_id,
+                retries=message.retries,
+                queue=message.queue or None,
+                countdown=countdown,
+                connection=connection,
+                # No kombu retry loop: the relay is the retry, and the caller is a waiting user.
+                retry=False,
+                timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
+                # send_task does not read the task's setting; without it, publishing would first
+                # subscribe to the result channel, which blocks for seconds when Redis is down.
+                ignore_result=getattr(app.tasks.get(message.task_name), "ignore_result", True),
+            )
+        except Exception:
+            self._drop()
+            raise
+
+    def _connection(self) -> Connection:
+        # Per process too: a connection inherited across fork shares its socket with the parent.
+        if self.connection is None or self.pid != os.getpid():
+            bound = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+            self.connection = app.connection_for_write(
+                connect_timeout=bound,
+                transport_options={
+                    **app.conf.broker_transport_options,
+                    "socket_timeout": bound,
+                    "socket_connect_timeout": bound,
+                    "max_retries": 0,
+                },
+            )
+            self.pid = os.getpid()
+        return self.connection
+
+    def _drop(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):  # it already failed; closing may fail too
+                self.connection.collect()
+            self.connection = None
+
+
+_publishing_connection = _PublishingConnection()
+
+
+def _is_broker_failure(error: Exception) -> bool:
+    """The broker is down, hung or unreachable, as opposed to this one row being unpublishable
+    (its queue no longer exists, its arguments cannot be serialized): only the first stops the
+    relay and opens the circuit."""
+    connection = app.connection_for_write()
+    broker_errors = (
+        OperationalError,
+        OSError,
+        *connection.connection_errors,
+        *connection.channel_errors,
+    )
+    return isinstance(error, broker_errors) and not isinstance(error, QueueNotFound)
+
+
+def _row_failed(message: OutboxMessage, error: Exception) -> None:
+    """This row could not be published though the broker answered. Try it again later, each time
+    twice as late, so it never holds up the rows behind it; after
+    JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS, dead-letter it: a person re-drives it (through a new row)
+    once the cause is fixed, or discards it."""
+    from jobs.deadletters import dead_letter_record  # it imports this module
+
+    attempts = message.row_failures + 1
+    logger.error("outbox row %s cannot be published (attempt %d): %r", message.id, attempts, error)
+    failed = {
+        "claimed_until": None,
+        "publish_attempts": F("publish_attempts") + 1,
+        "row_failures": attempts,
+        "last_error": repr(error)[:2000],
+    }
+    with transaction.atomic():
+        pending = OutboxMessage.objects.filter(pk=message.pk, status=OutboxMessage.Status.PENDING)
+        if attempts >= settings.JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS:
+            pending.update(status=OutboxMessage.Status.UNPUBLISHABLE, **failed)
+            dead_letter_record(
+                task_name=message.task_name,
+                task_id=message.celery_task_id,
+                args=(),
+                kwargs=message.kwargs,
+                queue=message.queue,
+                error=error,
+                attempts=attempts,
+            )
+            return
+        backoff = DEFAULT_BACKOFF.wait_seconds(retries_so_far=attempts)
+        pending.update(release_at=timezone.now() + timedelta(seconds=backoff), **failed)
 
 
 def _mark_published(message: OutboxMessage) -> None:
@@ -148,31 +275,34 @@ def _release_claim(message: OutboxMessage, *, error: str) -> None:
 def outbox_relay(*, batch: int = RELAY_BATCH) -> int:
     """Publish due pending rows whose claim is free or expired; returns how many went out.
 
-    Two relays never publish the same row: each claims its batch with one conditional UPDATE
-    per row (only a row whose claim is still free matches), so a row claimed by one relay is
-    skipped by the other even on SQLite, which lacks SELECT ... FOR UPDATE SKIP LOCKED.
+    Two relays never publish the same row: each claims a row with one conditional UPDATE just
+    before publishing it (only a row whose claim is free or expired matches), so a row claimed
+    by one relay is skipped by the other even on SQLite, which lacks SELECT ... FOR UPDATE SKIP
+    LOCKED. Each claim runs from its own moment, not the run's start: a slow run's later rows
+    are held as long as its first ones.
     """
-    now = timezone.now()
     due = (
-        OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING, release_at__lte=now)
-        .exclude(claimed_until__gt=now)
+        OutboxMessage.objects.filter(
+            status=OutboxMessage.Status.PENDING, release_at__lte=timezone.now()
+        )
+        .exclude(claimed_until__gt=timezone.now())
         .order_by("release_at")
         .values_list("pk", flat=True)[:batch]
     )
     published = 0
-    claim_until = now + timedelta(seconds=CLAIM_SECONDS)
     for pk in list(due):
+        now = timezone.now()
         claimed = (
             OutboxMessage.objects.filter(pk=pk, status=OutboxMessage.Status.PENDING)
             .exclude(claimed_until__gt=now)
-            .update(claimed_until=claim_until)
+            .update(claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
         )
         if not claimed:
             continue  # another relay (or the enqueuing request) holds it
-        message = OutboxMessage.objects.get(pk=pk)
-        if not outbox_publish(message=message):
-            break  # the broker is down: stop, the rest stay pending for the next run
-        published += 1
+        outcome = outbox_publish(message=OutboxMessage.objects.get(pk=pk))
+        if outcome is Published.BROKER_DOWN:
+            break  # stop: the rest stay pending for the next run
+        published += outcome is Published.YES
     if published:
         logger.info("outbox relay published %d message(s)", published)
     return published

@@ -27,6 +27,12 @@ class PermanentError(Exception):
     """A failure that another attempt cannot fix; the task is dead-lettered at once."""
 
 
+class OutcomeUnknown(Exception):
+    """The provider may have acted before the failure (its reply was lost after it had the
+    whole request). Never retried by itself, since a retry could do it twice: dead-lettered at
+    once, for a person who can check with the provider or the recipient."""
+
+
 # Network failures below any protocol: the other side may be back in a moment.
 NETWORK_ERRORS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError)
 
@@ -80,6 +86,8 @@ class RetryPolicy:
 
 # No retries at all: every failure is permanent. The default for tasks that declare nothing.
 NEVER_RETRY = RetryPolicy(max_retries=0)
+# The settings' backoff, for waits that are not a task's retry (an outbox row's next publish).
+DEFAULT_BACKOFF = RetryPolicy()
 
 
 def classify_smtp_error(error: Exception) -> Exception | None:

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import redis
 from django.conf import settings
+from kombu.exceptions import OperationalError
 
 from config.celery import app
 
@@ -265,7 +266,12 @@ class WorkerProcess(CeleryProcess):
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
-        return bool(app.control.ping(destination=[self.name], timeout=0.5))
+        try:
+            return bool(app.control.ping(destination=[self.name], timeout=0.5))
+        except (OSError, redis.ConnectionError, OperationalError):
+            # This process's control connection died with a broker an earlier test restarted;
+            # kombu reconnects on the next ping.
+            return False
 
 
 class BeatProcess(CeleryProcess):

@@ -26,12 +26,18 @@ class _Handler:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with server.lock:
             server.messages.append(message)
+            hang_up = server.hang_ups > 0
+            server.hang_ups -= hang_up
+        if hang_up:
+            # The mail is queued, and the reply that says so is lost: the connection drops.
+            smtp.transport.abort()
         return "250 Message accepted for delivery"
 
 
 class SmtpServer:
     """Listens on a fixed port; `stop()`/`start()` simulate an outage, `fail_next()` scripted
-    replies such as "451 try later" or "550 no such user"."""
+    replies such as "451 try later" or "550 no such user", `hang_up_after_data_next()` a reply
+    lost after the message arrived."""
 
     def __init__(self, *, port: int) -> None:
         self.port = port
@@ -40,6 +46,7 @@ class SmtpServer:
         self.failures: list[str] = []
         self.conversations = 0
         self.delay_seconds = 0.0
+        self.hang_ups = 0
         self._controller: Controller | None = None
 
     def start(self) -> None:
@@ -61,6 +68,13 @@ class SmtpServer:
             self.failures.clear()
             self.conversations = 0
             self.delay_seconds = 0.0
+            self.hang_ups = 0
+
+    def hang_up_after_data_next(self, *, times: int = 1) -> None:
+        """The next messages are accepted (kept, as a real server queues them), then the
+        connection drops before the reply: the sender cannot know they were delivered."""
+        with self.lock:
+            self.hang_ups += times
 
     def fail_next(self, reply: str, *, times: int = 1) -> None:
         with self.lock:

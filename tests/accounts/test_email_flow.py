@@ -142,3 +142,47 @@ def test_smtp_550_fails_at_once_and_is_dead_lettered(flow, smtp):
     assert delivery.attempts == 1 and "550" in delivery.last_error
     assert letter.exception_class == "jobs.retry.PermanentError"
     assert smtp.conversations == 1
+
+
+def test_a_reply_lost_after_the_message_arrived_is_never_sent_again(flow, smtp):
+    # given a server that queues the next message, then drops the connection without replying
+    smtp.hang_up_after_data_next()
+    # when an email goes out
+    post(flow, "auth/signup", {"email": "once@example.com", "password": PASSWORD})
+    # then it is marked "may have been delivered" and dead-lettered for a person, not retried
+    letter = eventually(lambda: DeadLetter.objects.filter(task_name="accounts.send_email").first())
+    assert letter.exception_class == "jobs.retry.OutcomeUnknown"
+    delivery = EmailDelivery.objects.get()
+    assert delivery.status == EmailDelivery.Status.UNKNOWN
+    assert "may have been delivered" in delivery.last_error
+    time.sleep(3)  # longer than the first retry waits in tests
+    assert len(smtp.sent_to("once@example.com")) == 1
+    assert smtp.conversations == 1
+
+
+def test_a_failure_before_the_message_was_handed_over_is_retried(flow, smtp):
+    # a server that refuses the connection cannot have the message: retrying is safe
+    smtp.stop()
+    post(flow, "auth/signup", {"email": "retry@example.com", "password": PASSWORD})
+    eventually(lambda: EmailDelivery.objects.filter(attempts__gte=1, status="queued").exists())
+    smtp.start()
+    smtp.wait_for("retry@example.com", timeout=30)
+    eventually(lambda: EmailDelivery.objects.get().status == EmailDelivery.Status.SENT)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_found_mid_send_is_marked_unknown_not_sent_again(smtp):
+    from accounts.emails import email_delivery_send
+
+    # given a delivery a worker started sending when it died
+    User.objects.create_user("crash@example.com", PASSWORD)
+    delivery = EmailDelivery.objects.create(
+        kind="welcome", recipient="crash@example.com", subject="s", body_text="b",
+        message_id="<crash@testserver>", status=EmailDelivery.Status.SENDING,
+    )  # fmt: skip
+    # when its message is delivered again
+    email_delivery_send(delivery_id=delivery.pk)
+    # then it is left to a person, and nothing is sent
+    delivery.refresh_from_db()
+    assert delivery.status == EmailDelivery.Status.UNKNOWN
+    assert smtp.conversations == 0

@@ -88,3 +88,33 @@ def test_the_management_command_lists_redrives_and_discards(capsys):
     call_command("dead_letters", "discard", str(first.pk))
     first.refresh_from_db()
     assert first.status == DeadLetter.Status.DISCARDED
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("action", ["redrive", "discard"])
+def test_a_letter_acted_on_stays_acted_on_when_the_same_task_fails_again(action):
+    from jobs.deadletters import dead_letter_discard, dead_letter_record, dead_letter_redrive
+
+    def fail() -> DeadLetter:
+        return dead_letter_record(
+            task_name=permanent_unless_allowed.name,
+            task_id="the-same-task-id",
+            args=(),
+            kwargs={"key": "k"},
+            queue="default",
+            error=RuntimeError("the provider rejected it"),
+            attempts=1,
+        )
+
+    # given a dead letter a person acted on
+    letter = fail()
+    act = dead_letter_redrive if action == "redrive" else dead_letter_discard
+    act(dead_letter_id=letter.pk, by="ops@example.com")
+    decided = DeadLetter.objects.get(pk=letter.pk).status
+    # when the same task id fails again (its old message redelivered)
+    fail()
+    # then the decision stands: one letter, still acted on, its failure details updated
+    letter.refresh_from_db()
+    assert DeadLetter.objects.count() == 1
+    assert letter.status == decided != DeadLetter.Status.DEAD
+    assert letter.resolved_by == "ops@example.com"

@@ -165,3 +165,99 @@ def test_pruning_removes_old_published_rows_and_keeps_pending_ones():
     )
     assert outbox_prune(older_than=timedelta(days=7)) == 1
     assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {kept_pending.pk, recent.pk}
+
+
+def pending_row(task_name: str, *, queue: str = "", **kwargs) -> OutboxMessage:
+    # As a request leaves it when its publish on commit failed: pending, unclaimed, due.
+    return OutboxMessage.objects.create(task_name=task_name, kwargs=kwargs, queue=queue)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_that_cannot_be_published_waits_its_turn_and_ends_dead_lettered(settings):
+    from jobs.deadletters import dead_letter_redrive
+    from jobs.models import DeadLetter
+
+    settings.JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS = 2
+    # given a row first in line whose queue no longer exists (removed by a later release)
+    bad = pending_row(create_user.name, queue="retired_queue", email="bad@example.com")
+    good = [pending_row(create_user.name, email=f"u{i}@example.com") for i in range(3)]
+    # when the relay runs, the rows behind it still go out, and the broker counts as healthy
+    assert outbox_relay() == 3
+    assert set(OutboxMessage.objects.filter(pk__in=[g.pk for g in good]).values_list(
+        "status", flat=True)) == {OutboxMessage.Status.PUBLISHED}  # fmt: skip
+    assert publish_circuit.allows_publishing()
+    bad.refresh_from_db()
+    assert bad.status == OutboxMessage.Status.PENDING and bad.row_failures == 1
+    assert bad.release_at > timezone.now()  # tried again later, not first in line
+    assert "retired_queue" in bad.last_error
+    # when it fails again once due, it becomes a dead letter a person can see and re-drive
+    OutboxMessage.objects.filter(pk=bad.pk).update(release_at=timezone.now())
+    assert outbox_relay() == 0
+    bad.refresh_from_db()
+    assert bad.status == OutboxMessage.Status.UNPUBLISHABLE
+    letter = DeadLetter.objects.get(task_id=str(bad.pk))
+    assert (
+        letter.kwargs == {"email": "bad@example.com"} and "QueueNotFound" in letter.exception_class
+    )
+    # re-driven, it goes out through a new row on the task's own queue
+    redriven = dead_letter_redrive(dead_letter_id=letter.pk)
+    redriven.refresh_from_db()
+    assert redriven.status == OutboxMessage.Status.PUBLISHED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_relay_and_a_later_one_never_publish_a_row_twice(monkeypatch):
+    from jobs import outbox
+
+    # given rows that take a relay longer to publish than one claim lasts
+    monkeypatch.setattr(outbox, "CLAIM_SECONDS", 0.5)
+    rows = [pending_row(create_user.name, email=f"slow{i}@example.com") for i in range(8)]
+    sent: list[str] = []
+    publish = outbox._PublishingConnection.send
+
+    def slow_send(self, *, message, countdown):
+        time.sleep(0.2)
+        sent.append(str(message.pk))
+        publish(self, message=message, countdown=countdown)
+
+    monkeypatch.setattr(outbox._PublishingConnection, "send", slow_send)
+    # when a second relay starts (the next beat tick, a starting worker) while the first still runs
+    first = threading.Thread(target=outbox_relay)
+    first.start()
+    time.sleep(0.7)
+    outbox_relay()
+    first.join()
+    # then every row went out exactly once
+    assert sorted(sent) == sorted(str(row.pk) for row in rows)
+    assert not OutboxMessage.objects.exclude(status=OutboxMessage.Status.PUBLISHED).exists()
+
+
+def test_a_retry_that_cannot_be_published_waits_in_the_outbox_not_in_the_dead_letters(
+    no_worker_running, start_worker, redis_server
+):
+    from jobs.models import DeadLetter
+    from tests.worker_tasks.platform import fail_once_when_told
+
+    # given a task that fails transiently just after the broker went down
+    key = uuid.uuid4().hex
+    start_worker()
+    fail_once_when_told.delay(key=key, hold_seconds=2)
+    eventually(lambda: recorded("attempts", key), timeout=20)
+    redis_server.stop()
+    # then its retry is kept in the outbox under the task's own id and retry count
+    retry = eventually(lambda: OutboxMessage.objects.filter(retries=1).first(), timeout=30)
+    assert retry.task_name == fail_once_when_told.name and retry.task_id
+    assert not DeadLetter.objects.exists()
+    # and once the broker is back, the relay publishes it and the task completes, once
+    redis_server.start()
+    # (the relay a starting worker runs; a worker of its own: kombu's Redis transport can crash
+    # the first one's main process as it closes the lost connection with a message in flight,
+    # celery/kombu#582, and a process manager would start another)
+    start_worker()
+    eventually(lambda: recorded("effects", key), timeout=30)
+    retry.refresh_from_db()
+    assert retry.status == OutboxMessage.Status.PUBLISHED
+    assert recorded("effects", key)[0][1] == "1"  # the run was the first retry
+    time.sleep(1)
+    assert len(recorded("effects", key)) == 1
+    assert not DeadLetter.objects.exists()

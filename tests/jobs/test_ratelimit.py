@@ -416,3 +416,38 @@ def test_a_slow_limit_defers_in_steps_no_longer_than_the_broker_countdown_cap(
     assert {run["id"] for run in [first, *later]} == {task_id}
     assert {run["slot"]["at_us"] for run in later} == {booked_until}
     assert next_free_us() == booked_until + 3600 * 1_000_000
+
+
+def test_a_poison_message_behind_the_limit_is_dead_lettered_though_deferred_in_between(
+    no_worker_running, start_worker, settings
+):
+    from jobs.models import DeadLetter
+    from tests.worker_tasks.ratelimit import kill_own_worker_behind_the_limit
+
+    # given a busy provider: slots of 250 ms, and other callers booking one slot after another,
+    # so a killed message, redelivered once its pool process restarted, has missed its slot and
+    # is deferred to a new one before it kills again
+    settings.JOBS_RATE_LIMITS = {"test": "4/s"}
+    start_workers_limited_to(start_worker, "4/s", count=1)
+    busy = threading.Event()
+
+    def other_callers() -> None:
+        while not busy.is_set():
+            rate_limit_acquire(provider="test")
+            time.sleep(0.25)
+
+    threading.Thread(target=other_callers, daemon=True).start()
+    key = uuid.uuid4().hex
+    try:
+        # when a message that kills its worker every time runs behind the limit
+        kill_own_worker_behind_the_limit.delay(key=key)
+        # then the deferrals in between do not reset its count: it is dead-lettered after
+        # JOBS_MAX_DELIVERIES deliveries that killed their worker
+        letter = eventually(
+            lambda: DeadLetter.objects.filter(kwargs={"key": key}).first(), timeout=90
+        )
+    finally:
+        busy.set()
+    assert letter.exception_class == "jobs.base.PoisonMessage"
+    assert len(calls(key)) == settings.JOBS_MAX_DELIVERIES
+    assert len(runs(key)) > len(calls(key))  # it was deferred in between

@@ -88,3 +88,20 @@ def create_user_once(key: str, hold_seconds: float = 0.0) -> bool:
     ran = run_once(key=f"test:create_user:{key}", effect=effect) is True
     record("runs", key, "effect" if ran else "repeat")
     return ran
+
+
+@shared_task(
+    name="tests.fail_once_when_told",
+    bind=True,
+    idempotent=True,
+    retry_policy=RetryPolicy(transient=(ConnectionError,), max_retries=3),
+)
+def fail_once_when_told(self, key: str, hold_seconds: float) -> None:
+    """First attempt: records that it started, holds (the test stops the broker meanwhile),
+    then fails transiently, so its retry is published while the broker is down. A retry
+    succeeds. Decided by the retry count, since Redis restarted empty forgets what was recorded."""
+    if self.request.retries == 0:
+        record("attempts", key)
+        time.sleep(hold_seconds)
+        raise ConnectionError("provider unreachable")
+    record("effects", key, str(self.request.retries))

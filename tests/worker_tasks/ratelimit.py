@@ -41,3 +41,16 @@ def calls(key: str) -> list[dict]:
     return [
         json.loads(call) for call in redis_client().lrange(f"test:ratelimit:calls:{key}", 0, -1)
     ]
+
+
+@shared_task(name="tests.kill_own_worker_behind_the_limit", bind=True, idempotent=True)
+def kill_own_worker_behind_the_limit(self: Task, key: str) -> None:
+    """A poison message behind the rate limit: each delivery that gets its slot kills its pool
+    process; one that finds its slot over (the pool was restarting) is deferred first."""
+    import os
+    import signal
+
+    redis_client().rpush(f"test:ratelimit:runs:{key}", json.dumps({"id": self.request.id}))
+    rate_limit_or_defer(self, provider="test")
+    redis_client().rpush(f"test:ratelimit:calls:{key}", json.dumps({"id": self.request.id}))
+    os.kill(os.getpid(), signal.SIGKILL)
