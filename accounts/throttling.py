@@ -1,9 +1,7 @@
 """Abuse limits: for the endpoints that email an address someone typed, and for logins.
 
-Email-sending endpoints: fixed-window counters in Redis (INCR, and EXPIRE on the first hit, in
-one transaction), shared by every web process, keyed by scope and by the address or the client
-IP. Fixed windows allow up to twice the rate across a window boundary, which is fine for abuse
-control and costs one round trip instead of a sorted set per key.
+Email-sending endpoints: fixed-window counters in Redis (jobs/windows.py), shared by every web
+process, keyed by scope and by the address or the client IP.
 
 Logins (API, pages and the admin alike): `LoginGuard` counts failed passwords, not attempts,
 and locks for a time that doubles with each failure past a few free ones, up to a cap. A
@@ -28,6 +26,7 @@ from django.http import HttpRequest, HttpResponse
 from accounts.models import address_normalize
 from jobs.ratelimit import parse_rate
 from jobs.redis import redis_client
+from jobs.windows import WindowFull, WindowLimit, window_limits_spend
 
 logger = logging.getLogger(__name__)
 
@@ -106,19 +105,14 @@ def attempts_limit(*, scope: str, email: str, ip: str) -> None:
 def _count(*, scope: str, subject: str, rate: str) -> None:
     limit, window = parse_rate(rate)
     key = f"accounts:attempts:{scope}:{_digest(subject)}"
-    pipeline = redis_client().pipeline()
-    pipeline.incr(key)
-    pipeline.expire(key, math.ceil(window), nx=True)
-    pipeline.ttl(key)
     try:
-        count, _, ttl = pipeline.execute()
+        window_limits_spend(WindowLimit(key, limit, window))
+    except WindowFull as full:
+        raise TooManyAttempts(retry_after=full.retry_after) from full
     except redis.RedisError as error:
         # Fail open: with Redis down, signups and resets must still work (their emails wait
         # in the outbox); an abuser gains a few minutes, a real user loses nothing.
         logger.warning("abuse limit not counted, Redis unavailable: %s", error)
-        return
-    if count > limit:
-        raise TooManyAttempts(retry_after=max(1, ttl))
 
 
 class LoginGuard:

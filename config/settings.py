@@ -335,6 +335,17 @@ UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=20 * 1024 * 1024)
 UPLOAD_MAX_PIXELS = env.int("UPLOAD_MAX_PIXELS", default=50_000_000)
 # Bytes of originals one user may keep.
 UPLOAD_QUOTA_BYTES = env.int("UPLOAD_QUOTA_BYTES", default=1024 * 1024 * 1024)
+# What one account may upload per hour, as "N/s|m|h": uploads, and megapixels (read from each
+# image's header). A worker's cost is the decoded image, not the file: a 160 KB PNG of 7000 x
+# 7000 is 49 MP. Measured on one core: a 12 MP photo costs ~1.1 s through the pipeline (0.09 s
+# per MP), that PNG ~2 s (0.04), a 49 MP RGBA PNG, whose variants each decode it whole, ~10 s
+# (0.2). So 1500 MP an hour costs at most ~300 s of CPU an hour (4 % of the two-process media
+# worker; twice that in a burst across a window boundary), while a photographer's session fits
+# with room: 30 photos of 12 MP are 360 MP, of a 45 MP camera 1350 MP. 200 uploads an hour
+# bounds the fixed cost of each upload (the request, its rows, its eight tasks), and lies beyond
+# the 125 photos of 12 MP the pixels allow.
+UPLOAD_RATE_PER_ACCOUNT = env.str("UPLOAD_RATE_PER_ACCOUNT", default="200/h")
+UPLOAD_MEGAPIXELS_RATE_PER_ACCOUNT = env.str("UPLOAD_MEGAPIXELS_RATE_PER_ACCOUNT", default="1500/h")
 # When set (e.g. "/protected-media/"), the web process answers a file request with an
 # X-Accel-Redirect to this internal nginx location instead of streaming the file itself.
 MEDIA_ACCEL_REDIRECT_PREFIX = env.str("MEDIA_ACCEL_REDIRECT_PREFIX", default="")

@@ -96,7 +96,9 @@ class UploadListCreateView(UploadOwnedMixin, ListAPIView):
         try:
             upload = services.upload_create(owner=request.user, file=file)
         except services.UploadRejected as rejection:
-            raise UploadRefused(str(rejection), status_code=rejection.status) from rejection
+            raise UploadRefused(
+                str(rejection), status_code=rejection.status, retry_after=rejection.retry_after
+            ) from rejection
         body = UploadSerializer(upload, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
@@ -121,6 +123,8 @@ class RequestEntityTooLarge(exceptions.APIException):
 class UploadRefused(exceptions.APIException):
     default_code = "upload_refused"
 
-    def __init__(self, detail: str, *, status_code: int) -> None:
+    def __init__(self, detail: str, *, status_code: int, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
+        # DRF's exception handler sends `wait` as the Retry-After header, as for its Throttled.
+        self.wait = retry_after

@@ -13,21 +13,29 @@ twice (a worker killed mid-task, a relay re-publish) leaves the same state as on
 """
 
 import logging
+import math
 import shutil
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
+import redis
 from celery import chain, chord, group
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Sum, Value
+from django.db.models import Aggregate, Count, F, Min, Sum, Value
 from django.db.models.functions import Greatest
 from django.dispatch import Signal
 from django.utils import timezone
+from django.utils.timesince import timeuntil
 
 from jobs.idempotency import run_once
 from jobs.outbox import enqueue
+from jobs.ratelimit import parse_rate
+from jobs.windows import WindowFull, WindowLimit, window_limits_spend
 from media.images import (
     VARIANTS,
     VARIANTS_BY_NAME,
@@ -49,9 +57,10 @@ NORMALIZED_PROGRESS = 20
 
 
 class UploadRejected(Exception):
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(self, message: str, *, status: int, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # for a 429: seconds until the limit has room again
 
 
 # --- paths: all under MEDIA_ROOT, all derived from the upload's random id -----------------
@@ -80,16 +89,13 @@ def _source_path(upload_id: UUID | str) -> Path:
 def upload_create(*, owner, file: UploadedFile) -> Upload:
     """Validate and store an upload, and start its processing after commit.
 
-    Raises UploadRejected (413 too large, 415 not an accepted image, 400 unreadable or over
-    quota) before anything is stored.
+    Raises UploadRejected (413 too large, 415 not an accepted image, 400 unreadable or over the
+    storage quota, 429 over an account limit per hour), leaving no row and no file behind.
     """
     if file.size > settings.UPLOAD_MAX_BYTES:
         raise UploadRejected(upload_too_large_message(), status=413)
     if file.size == 0:
         raise UploadRejected("The file is empty.", status=400)
-    used = Upload.objects.filter(owner=owner).aggregate(total=Sum("source_bytes"))["total"] or 0
-    if used + file.size > settings.UPLOAD_QUOTA_BYTES:
-        raise UploadRejected("Your storage is full: delete some uploads to make room.", status=400)
     upload = Upload(owner=owner, source_format="", source_bytes=file.size)
     source = _source_path(upload.pk)
     source.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +111,9 @@ def upload_create(*, owner, file: UploadedFile) -> Upload:
     upload.width, upload.height = header.width, header.height
     try:
         with transaction.atomic():
+            _account_lock(owner)
+            _storage_quota_check(owner=owner, size=file.size)
+            _account_limits_spend(owner=owner, pixels=header.width * header.height)
             upload.save(force_insert=True)
             _pipeline_enqueue(upload.pk)
     except BaseException:
@@ -115,6 +124,110 @@ def upload_create(*, owner, file: UploadedFile) -> Upload:
 
 def upload_too_large_message() -> str:
     return f"The file is larger than {settings.UPLOAD_MAX_BYTES // (1024 * 1024)} MB."
+
+
+# --- limits per account: checked and counted under the account's lock ------------------------
+
+
+def _account_lock(owner) -> None:
+    """Take the account's uploads one at a time from here to commit. The checks that follow
+    read what the insert changes: two uploads checked side by side would each find room that
+    only one of them fits into.
+
+    PostgreSQL: a row lock on the account. SQLite has no row locks and Django leaves FOR UPDATE
+    out there; its transactions begin IMMEDIATE (config/settings.py), taking the database's one
+    write lock at BEGIN, so every writer, this one included, already runs alone until commit.
+    """
+    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+
+
+def _storage_quota_check(*, owner, size: int) -> None:
+    # What the account stores now: deleting uploads makes room again.
+    used = Upload.objects.filter(owner=owner).aggregate(total=Sum("source_bytes"))["total"] or 0
+    if used + size > settings.UPLOAD_QUOTA_BYTES:
+        raise UploadRejected("Your storage is full: delete some uploads to make room.", status=400)
+
+
+# How a window from parse_rate reads in a sentence.
+_PER_WINDOW = {1.0: "a second", 60.0: "a minute", 3600.0: "an hour"}
+
+
+@dataclass(frozen=True)
+class _AccountLimit:
+    window: WindowLimit  # counted in Redis
+    rows_amount: Aggregate  # the same amount over the account's rows, while Redis is down
+    refusal: str  # what the person is told, before when to try again
+
+
+def _account_limits(*, owner, pixels: int) -> tuple[_AccountLimit, ...]:
+    """Uploads and megapixels an account may upload per window (UPLOAD_RATE_PER_ACCOUNT,
+    UPLOAD_MEGAPIXELS_RATE_PER_ACCOUNT). Pixels, because a worker's cost is the decoded image,
+    not the file: a 160 KB PNG of 7000 x 7000 decodes to 49 MP."""
+    uploads, uploads_window = parse_rate(settings.UPLOAD_RATE_PER_ACCOUNT)
+    megapixels, pixels_window = parse_rate(settings.UPLOAD_MEGAPIXELS_RATE_PER_ACCOUNT)
+    return (
+        _AccountLimit(
+            WindowLimit(f"media:uploads:{owner.pk}:count", uploads, uploads_window),
+            Count("pk"),
+            f"You have reached your limit of uploads: {uploads:g} {_PER_WINDOW[uploads_window]}.",
+        ),
+        _AccountLimit(
+            WindowLimit(
+                f"media:uploads:{owner.pk}:pixels", megapixels * 1e6, pixels_window, pixels
+            ),
+            Sum(F("width") * F("height")),
+            f"This {pixels / 1e6:.3g} MP image would take your uploads past their limit of "
+            f"{megapixels:g} MP {_PER_WINDOW[pixels_window]}.",
+        ),
+    )
+
+
+def _account_limits_spend(*, owner, pixels: int) -> None:
+    """Count this upload against the account's limits per window, or refuse it (429).
+
+    Counted when accepted and never given back: the limits bound the work an account causes,
+    and an upload deleted at once has had its request served and perhaps its image decoded.
+    (The storage quota, by contrast, counts what is stored, so deleting frees it.)
+
+    Redis down: the same limits are counted from the account's rows created within the window.
+    Not fail open: an upload accepted unlimited is work that happens anyway once the broker is
+    back (the outbox keeps it), and an account could queue hours of decoding meanwhile. Not
+    fail closed: uploads would stop whenever Redis stops, though the outbox exists to accept
+    them through a broker outage. The rows miss only uploads deleted within the window; while
+    the broker is down (by default the same Redis) those are never processed, so they cost
+    nothing.
+    """
+    limits = _account_limits(owner=owner, pixels=pixels)
+    try:
+        window_limits_spend(*(limit.window for limit in limits))
+    except WindowFull as full:
+        refused = next(limit for limit in limits if limit.window == full.limit)
+        raise _limit_reached(refused, retry_after=full.retry_after) from full
+    except redis.RedisError as error:
+        logger.warning("upload limits counted from the database, Redis unavailable: %s", error)
+        _account_limits_check_rows(owner=owner, limits=limits)
+
+
+def _account_limits_check_rows(*, owner, limits: tuple[_AccountLimit, ...]) -> None:
+    now = timezone.now()
+    for limit in limits:
+        since = now - timedelta(seconds=limit.window.window_seconds)
+        recent = Upload.objects.filter(owner=owner, created_at__gt=since).aggregate(
+            used=limit.rows_amount, oldest=Min("created_at")
+        )
+        if (recent["used"] or 0) + limit.window.amount > limit.window.limit:
+            # At the earliest, room comes back as the oldest of these uploads leaves the window.
+            retry_after = math.ceil((recent["oldest"] - since).total_seconds())
+            raise _limit_reached(limit, retry_after=max(1, retry_after))
+
+
+def _limit_reached(limit: _AccountLimit, *, retry_after: int) -> UploadRejected:
+    now = timezone.now()
+    # Whole minutes, rounded up: trying again at the time given must not be too early.
+    wait = timeuntil(now + timedelta(minutes=math.ceil(retry_after / 60)), now)
+    return UploadRejected(
+        f"{limit.refusal} Try again in {wait}.", status=429, retry_after=retry_after
+    )
 
 
 def _pipeline_enqueue(upload_id: UUID) -> None:

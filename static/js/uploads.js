@@ -91,6 +91,9 @@ function removeCard(card) {
   none.hidden = grid.children.length > 0;
 }
 
+// An hourly limit of the account: the server would refuse every further file as well.
+class LimitReached extends Error {}
+
 async function upload(file) {
   // The server refuses it too, but a browser still sending a large body when the server
   // answers early often reports a network error instead of the answer.
@@ -104,6 +107,9 @@ async function upload(file) {
     response = await api(apiUrl, { method: "POST", body });
   } catch {
     return showProblem(`${file.name}: the upload did not reach the server; try again.`);
+  }
+  if (response.status === 429) {
+    throw new LimitReached(await errorDetail(response));
   }
   if (response.status !== 202) {
     return showProblem(`${file.name}: ${await errorDetail(response)}`);
@@ -120,7 +126,16 @@ async function upload(file) {
 async function uploadAll(files) {
   problem.hidden = true;
   // One after another: the newest ends up first, as on the server-rendered list.
-  for (const file of files) await upload(file);
+  for (const [index, file] of files.entries()) {
+    try {
+      await upload(file);
+    } catch (error) {
+      if (!(error instanceof LimitReached)) throw error;
+      const left = files.length - index;
+      const notSent = left === 1 ? `${file.name} was` : `${file.name} and ${left - 1} more were`;
+      return showProblem(`${error.message} ${notSent} not uploaded.`);
+    }
+  }
 }
 
 input.addEventListener("change", () => {
