@@ -1,7 +1,7 @@
 """The accounts API (DESIGN §5). Views validate and call services; nothing else lives here."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -12,6 +12,7 @@ from accounts import services, throttling, tokens
 from accounts.models import ApiToken
 from accounts.services import PASSWORD_MAX_LENGTH
 from accounts.tokens import TOKEN_MAX_LENGTH
+from config.schema import ErrorSerializer
 
 ACCEPTED = {"detail": "If the address can receive email, a message is on its way."}
 
@@ -72,6 +73,8 @@ def password_errors(error: DjangoValidationError) -> serializers.ValidationError
 
 @extend_schema(request=CredentialsSerializer, responses={202: DetailSerializer})
 class SignupView(PublicView):
+    rate_limited_methods = ("POST",)
+
     def post(self, request: Request) -> Response:
         data = self.valid(CredentialsSerializer, request)
         self.limit(request, scope="signup", email=data["email"])
@@ -95,6 +98,8 @@ class VerifyEmailView(PublicView):
 
 @extend_schema(request=EmailSerializer, responses={202: DetailSerializer})
 class ResendVerificationView(PublicView):
+    rate_limited_methods = ("POST",)
+
     def post(self, request: Request) -> Response:
         data = self.valid(EmailSerializer, request)
         self.limit(request, scope="resend", email=data["email"])
@@ -104,9 +109,16 @@ class ResendVerificationView(PublicView):
 
 @extend_schema(
     request=CredentialsSerializer,
-    responses={200: inline_serializer("LoginToken", {"token": serializers.CharField()})},
+    responses={
+        200: inline_serializer("LoginToken", {"token": serializers.CharField()}),
+        403: OpenApiResponse(
+            ErrorSerializer, description="The password is right; the address is not verified."
+        ),
+    },
 )
 class LoginView(PublicView):
+    rate_limited_methods = ("POST",)  # locked after repeated failed passwords
+
     def post(self, request: Request) -> Response:
         data = self.valid(CredentialsSerializer, request)
         try:
@@ -139,6 +151,8 @@ class LogoutView(APIView):
 
 @extend_schema(request=EmailSerializer, responses={202: DetailSerializer})
 class PasswordResetView(PublicView):
+    rate_limited_methods = ("POST",)
+
     def post(self, request: Request) -> Response:
         data = self.valid(EmailSerializer, request)
         self.limit(request, scope="reset", email=data["email"])

@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI's files, served from our static files: the docs page loads nothing from a CDN.
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "jobs",
     "accounts",
@@ -353,7 +355,7 @@ MEDIA_ACCEL_REDIRECT_PREFIX = env.str("MEDIA_ACCEL_REDIRECT_PREFIX", default="")
 # --- API ------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.ApiAutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -362,7 +364,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["config.api.StrictJSONParser"],
     "EXCEPTION_HANDLER": "config.api.exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "config.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
 }
 SPECTACULAR_SETTINGS = {
@@ -370,6 +372,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Signup, uploads, reports, notifications: every slow part runs on Celery.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request and response components apart: a request string refuses blanks (minLength) and a
+    # file field is binary, which would be untrue of the same fields in responses.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Swagger UI would otherwise send the schema's URL to validator.swagger.io from the browser.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --- Security -------------------------------------------------------------------------------

@@ -18,3 +18,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("accounts.urls")),
 ]
+
+# Errors Django answers itself: JSON under the API's paths, its HTML pages elsewhere.
+handler400 = "config.api.bad_request"
+handler403 = "config.api.permission_denied"
+handler404 = "config.api.not_found"
+handler500 = "config.api.server_error"

@@ -2,7 +2,7 @@
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.parsers import MultiPartParser
@@ -11,10 +11,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from media import services
+from media.images import VARIANTS_BY_NAME
 from media.models import Upload
 
 # Multipart framing (boundaries, part headers) around the file; generous on purpose.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class ImageFileSerializer(serializers.Serializer):
+    """One image of an upload: its URL (fetched with the same credentials) and its size."""
+
+    url = serializers.URLField()
+    width = serializers.IntegerField(min_value=1)
+    height = serializers.IntegerField(min_value=1)
 
 
 class UploadSerializer(serializers.ModelSerializer):
@@ -24,7 +33,11 @@ class UploadSerializer(serializers.ModelSerializer):
     class Meta:
         model = Upload
         fields = ["id", "status", "progress", "original", "variants", "error", "created_at"]
+        # An answer, never read from a request: every field is always there.
+        read_only_fields = fields
+        extra_kwargs = {"progress": {"min_value": 0, "max_value": 100}}
 
+    @extend_schema_field(ImageFileSerializer(allow_null=True, help_text="Set once ready."))
     def get_original(self, upload: Upload) -> dict | None:
         if upload.status != Upload.Status.READY:
             return None
@@ -34,6 +47,12 @@ class UploadSerializer(serializers.ModelSerializer):
             "height": upload.height,
         }
 
+    @extend_schema_field(
+        serializers.DictField(
+            child=ImageFileSerializer(),
+            help_text=f"The variants made so far, by name: {', '.join(VARIANTS_BY_NAME)}.",
+        )
+    )
     def get_variants(self, upload: Upload) -> dict:
         return {
             variant.name: {
@@ -49,7 +68,7 @@ class UploadSerializer(serializers.ModelSerializer):
         return self.context["request"].build_absolute_uri(path)
 
 
-UploadRequest = inline_serializer("UploadRequest", {"file": serializers.FileField()})
+UploadRequest = inline_serializer("UploadFile", {"file": serializers.FileField()})
 
 
 class UploadOwnedMixin:
@@ -68,6 +87,7 @@ class UploadOwnedMixin:
 class UploadListCreateView(UploadOwnedMixin, ListAPIView):
     serializer_class = UploadSerializer
     parser_classes = [MultiPartParser]
+    rate_limited_methods = ("POST",)  # uploads per account and hour
 
     def get_queryset(self):
         return Upload.objects.filter(owner=self.request.user).prefetch_related("variants")

@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -48,7 +48,12 @@ class UploadFileView(APIView):
     short-lived signed URL instead.
     """
 
-    @extend_schema(responses={(200, "image/*"): OpenApiTypes.BINARY})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("name", location=OpenApiParameter.PATH, enum=sorted(SERVABLE))
+        ],
+        responses={(200, "image/*"): OpenApiTypes.BINARY},
+    )
     def get(self, request: Request, upload_id, name: str) -> HttpResponse:
         if name not in SERVABLE:
             raise Http404

@@ -466,6 +466,33 @@ def test_the_list_shows_only_the_callers_uploads_newest_first_paginated(db, medi
     assert [item["id"] for item in bob.get(UPLOADS).json()["results"]] == [bob_id]
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["page=", "page=abc", "page=1&page=1", "page=abc&page=", "page=last", "page=%201",
+     "page=1_0", "page=%D9%A1", "page=0", "page=2"],
+)  # fmt: skip
+def test_a_page_that_is_not_one_page_number_of_the_list_is_a_404(maker, query):
+    # given a list that fits on its first page
+    assert maker.get(f"{UPLOADS}?page=1").status_code == 200
+    # when a page is asked for by anything but one decimal number of an existing page
+    # then the answer is the 404 of a page past the end (not page 1, as DRF would answer
+    # an empty or repeated page, nor whatever int() makes of " 1", "1_0" or an Arabic-Indic 1)
+    assert assert_refused(maker.get(f"{UPLOADS}?{query}"), 404)["detail"] == "Invalid page."
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"{UPLOADS}/not-a-uuid", f"{UPLOADS}/{uuid.uuid4()}0", f"{UPLOADS}/{uuid.uuid4()}/",
+     "/files/not-a-uuid/original"],
+)  # fmt: skip
+def test_a_malformed_upload_id_is_a_404_in_the_error_shape(maker, path):
+    # when an id the URL's uuid converter refuses is asked for or deleted (no view runs)
+    for response in (maker.get(path), maker.delete(path)):
+        # then the answer is the API's JSON 404, not Django's HTML page
+        assert response["Content-Type"] == "application/json"
+        assert_refused(response, 404)
+
+
 # --- deleting --------------------------------------------------------------------------------
 
 
