@@ -33,6 +33,7 @@ from kombu.exceptions import OperationalError
 
 from config.celery import app
 from jobs.models import OutboxMessage
+from jobs.redis import redis_circuit
 from jobs.retry import DEFAULT_BACKOFF
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class Published(enum.Enum):
 def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) -> Published:
     """Publish one claimed row and mark it published. Never raises: a failure leaves the row
     pending (claim released) for the relay, which is the whole point of the outbox."""
-    if not publish_circuit.allows_publishing():
+    if not publish_circuit.allows_publishing() or _broker_is_a_redis_that_just_failed():
         _release_claim(message, error="skipped: broker failed moments ago")
         return Published.BROKER_DOWN
     try:
@@ -145,6 +146,12 @@ def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) ->
     publish_circuit.record_success()
     _mark_published(message)
     return Published.YES
+
+
+def _broker_is_a_redis_that_just_failed() -> bool:
+    # The platform's Redis client (abuse limits, rate limits) failed moments ago, and the broker
+    # is that same Redis: a request that already waited for it once should not wait again.
+    return redis_circuit.is_open and settings.CELERY_BROKER_URL == settings.REDIS_URL
 
 
 class _PublishingConnection(threading.local):

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from django.conf import settings
 from kombu.exceptions import OperationalError
 
 from config.celery import app
+from jobs.redis import redis_circuit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -44,6 +46,45 @@ def eventually(probe: Callable[[], T], *, timeout: float = 15.0, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
         time.sleep(interval)
+
+
+class HungServer:
+    """A TCP listener that accepts connections and never answers: a dependency that hangs (a
+    frozen process, a dropped route) rather than one that refuses connections.
+
+    `connections` counts the connections clients opened. `stop()` closes everything, so clients
+    stuck in a read get end-of-file and their threads end.
+    """
+
+    def __init__(self, *, port: int = 0) -> None:
+        # port: 0 for a free one, or the port of a server the test stopped, to stand in for it.
+        self._listener = socket.create_server(("127.0.0.1", port))
+        # Wakes the accept loop now and then to see whether the server was stopped.
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._accepted: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._accepted)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._listener.close()
+        for accepted in self._accepted:
+            accepted.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                accepted, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._accepted.append(accepted)
 
 
 class RedisServer:
@@ -79,6 +120,8 @@ class RedisServer:
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         eventually(lambda: self._answers(client), timeout=10)
+        # This process saw Redis fail while it was stopped; it answers again, now.
+        redis_circuit.close()
 
     def stop(self) -> None:
         """Stop the server; it comes back empty (no persistence), like a real broker wipe."""

@@ -1,4 +1,3 @@
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,49 +10,11 @@ from django.test import Client
 
 from jobs.health import CHECKS
 from jobs.heartbeats import beat_heartbeat_age
-from tests.services import eventually
+from tests.services import HungServer, eventually
 
 # Each wait below is a multiple of the check timeout plus this much for the request itself and a
 # busy machine; well below the half timeout the worker ping used to add on top.
 SLACK_SECONDS = 0.5
-
-
-class HungServer:
-    """A TCP listener that accepts connections and never answers: a dependency that hangs (a
-    frozen process, a dropped route) rather than one that refuses connections.
-
-    `connections` counts the connections clients opened. `stop()` closes everything, so clients
-    stuck in a read get end-of-file and their threads end.
-    """
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        # Wakes the accept loop now and then to see whether the server was stopped.
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self._accepted: list[socket.socket] = []
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def connections(self) -> int:
-        return len(self._accepted)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join()
-        self._listener.close()
-        for accepted in self._accepted:
-            accepted.close()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                accepted, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self._accepted.append(accepted)
 
 
 def readyz_threads() -> list[threading.Thread]:
