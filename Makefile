@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test setup lint format check-deploy clean
+.PHONY: run test setup lint format clean
 
 run:
 	scripts/run.sh

@@ -1,4 +1,4 @@
-"""The accounts API (DESIGN §5). Views validate and call services; nothing else lives here."""
+"""The accounts API. Views validate and call services; nothing else lives here."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer

@@ -122,11 +122,16 @@ def _delivery_failed(delivery: EmailDelivery, *, status: str, error: Exception) 
 
 
 def email_delivery_give_up(*, delivery_id: int, reason: str) -> None:
-    """Retries are exhausted: the delivery failed (its dead letter allows a re-drive). A
-    delivery that was sent, or may have been, keeps saying so."""
-    EmailDelivery.objects.filter(pk=delivery_id, status=EmailDelivery.Status.QUEUED).update(
-        status=EmailDelivery.Status.FAILED, last_error=reason[:2000], updated_at=timezone.now()
-    )
+    """The task failed for good (its dead letter allows a re-drive): a queued delivery failed;
+    one stopped mid-send (the hard time limit) may have been delivered. A delivery that was
+    sent, or may have been, keeps saying so."""
+    for was, now in (
+        (EmailDelivery.Status.QUEUED, EmailDelivery.Status.FAILED),
+        (EmailDelivery.Status.SENDING, EmailDelivery.Status.UNKNOWN),
+    ):
+        EmailDelivery.objects.filter(pk=delivery_id, status=was).update(
+            status=now, last_error=reason[:2000], updated_at=timezone.now()
+        )
 
 
 def email_delivery_resend(*, delivery_id: int) -> None:

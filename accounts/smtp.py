@@ -4,7 +4,7 @@ An SMTP conversation can fail after the server received the whole message but be
 reached us (the connection drops, the reply times out). The server may have queued the mail
 already, and sending again would deliver it twice. smtplib reports that moment like any other
 disconnect, so the connection here notes when the message data has been handed over, and the
-backend raises OutcomeUnknown for a failure after it: never retried by itself (DESIGN §4 rule 12).
+backend raises OutcomeUnknown for a failure after it: never retried by itself.
 """
 
 import smtplib

@@ -13,16 +13,13 @@ from jobs.retry import SMTP_TRANSIENT
 def _delivery_failed_for_good(task, error, task_id, args, kwargs, einfo) -> None:
     # Celery calls this once the task failed for good (not on retries): the status row says
     # "failed", the dead letter allows a re-drive.
-    delivery_id = kwargs.get("delivery_id", args[0] if args else None)
-    if delivery_id is not None:
-        emails.email_delivery_give_up(
-            delivery_id=delivery_id, reason=f"{type(error).__name__}: {error}"
-        )
+    emails.email_delivery_give_up(
+        delivery_id=kwargs["delivery_id"], reason=f"{type(error).__name__}: {error}"
+    )
 
 
 @shared_task(
     name="accounts.send_email",
-    queue="emails",
     bind=True,
     idempotent=True,
     retry_policy=SMTP_TRANSIENT,
@@ -78,6 +75,5 @@ for job_name, task_name, minute in (
             task=task_name,
             schedule=crontab(minute=minute, hour=3),
             expires_seconds=3600,
-            queue="maintenance",
         )
     )

@@ -277,6 +277,10 @@ JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS = env.int("JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS", d
 JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
 # Only one beat sends periodic tasks: every beat competes for this Redis lock, and only its holder
 # schedules (jobs/beat.py). The holder renews it on every tick, at least every 5 s
+# Idempotency keys are kept this long, and dead letters older than this are no longer re-driven
+# (their effects' keys are gone): a month to notice and act on a failure, well beyond the
+# outbox's retention and any redelivery.
+JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS = env.int("JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS", default=30)
 # (CELERY_BEAT_MAX_LOOP_INTERVAL); a holder killed without releasing it is replaced once it
 # expires. 30 s: a beat that is slow but alive misses six renewals before it loses the lock, and
 # periodic work pauses for at most half a minute after a crash.

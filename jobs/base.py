@@ -22,8 +22,9 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+from celery import signals
 from celery.contrib.django.task import DjangoTask
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.result import AsyncResult
 from django.conf import settings
 from django.db import transaction
@@ -185,3 +186,20 @@ class PlatformTask(DjangoTask):
             line += f" retry_in_s={wait:.2f}"
         level = logging.INFO if outcome in {"success", "retry", "ignore"} else logging.WARNING
         logger.log(level, line)
+
+
+@signals.task_failure.connect
+def _dead_letter_a_hard_time_limit(sender=None, task_id=None, exception=None, **details) -> None:
+    # A task killed at its hard time limit never reaches __call__'s failure path: its pool
+    # process is gone. Celery reports it from the worker's main process, through this signal,
+    # and acknowledges the message: without this it would leave no trace a person could act on.
+    if isinstance(exception, TimeLimitExceeded) and isinstance(sender, PlatformTask):
+        dead_letter_record(
+            task_name=sender.name,
+            task_id=task_id,
+            args=details.get("args") or (),
+            kwargs=details.get("kwargs") or {},
+            queue="",  # not known in the main process; the task's route says it
+            error=exception,
+            attempts=1,
+        )

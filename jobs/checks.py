@@ -39,18 +39,22 @@ def visibility_timeout_outlasts_countdowns(app_configs, **kwargs) -> list[Error]
     return errors
 
 
-def _time_limits() -> list[tuple[str, float]]:
-    """The default hard time limit, and every task's own where it sets one."""
+def _project_tasks() -> dict:
+    """Every registered task, each app's tasks.py imported first."""
     from config.celery import app
 
-    # Import every app's tasks.py so every task is registered. Directly, not through Celery's
-    # import_default_modules: that runs Django's checks again (Celery's Django fixup), and so
-    # this one, forever.
+    # Directly, not through Celery's import_default_modules: that runs Django's checks again
+    # (Celery's Django fixup), and so this one, forever.
     for app_config in apps.get_app_configs():
         if module_has_submodule(app_config.module, "tasks"):
             import_module(f"{app_config.name}.tasks")
+    return dict(app.tasks)
+
+
+def _time_limits() -> list[tuple[str, float]]:
+    """The default hard time limit, and every task's own where it sets one."""
     limits = [("CELERY_TASK_TIME_LIMIT", settings.CELERY_TASK_TIME_LIMIT)]
-    for name, task in sorted(app.tasks.items()):
+    for name, task in sorted(_project_tasks().items()):
         # Celery copies the default into every task that sets none: report only real overrides.
         own = getattr(task, "time_limit", None)
         if own and own != settings.CELERY_TASK_TIME_LIMIT:
@@ -69,3 +73,17 @@ def rate_limits_parse(app_configs, **kwargs) -> list[Error]:
         except ValueError as error:
             errors.append(Error(f"JOBS_RATE_LIMITS[{provider!r}]: {error}", id="jobs.E003"))
     return errors
+
+
+@register()
+def queues_come_from_routes(app_configs, **kwargs) -> list[Error]:
+    # A queue in a task's decorator silently wins over CELERY_TASK_ROUTES: the routes would say
+    # one thing and the messages do another. Queues are declared in one place, the routes.
+    return [
+        Error(
+            f"{name}: declares queue {task.queue!r}; route it in CELERY_TASK_ROUTES instead",
+            id="jobs.E004",
+        )
+        for name, task in sorted(_project_tasks().items())
+        if getattr(task, "queue", None)
+    ]

@@ -2,8 +2,10 @@
 
 import logging
 import traceback as traceback_module
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -60,7 +62,17 @@ def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
         letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
         if letter.status != DeadLetter.Status.DEAD:
             raise DeadLetterNotActionable(f"dead letter {letter.pk} is already {letter.status}")
-        task = app.tasks[letter.task_name]
+        retention = timedelta(days=settings.JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS)
+        if letter.first_failed_at < timezone.now() - retention:
+            raise DeadLetterNotActionable(
+                f"dead letter {letter.pk} is older than {retention.days} days: the keys that keep "
+                "its effects from happening twice are gone. Discard it, or act by hand."
+            )
+        task = app.tasks.get(letter.task_name)
+        if task is None:
+            raise DeadLetterNotActionable(
+                f"dead letter {letter.pk}: this release has no task {letter.task_name!r}"
+            )
         if letter.args:
             # Positional arguments only reach the outbox as keywords, bound by name.
             kwargs = _bind_positional(task, letter.args, letter.kwargs)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -40,8 +41,15 @@ def run_once(*, key: str, effect: Callable[[], T]) -> T | object:
         raise  # an integrity error of the effect itself, not a repeat
 
 
-def idempotency_keys_prune(*, older_than: timedelta) -> int:
-    """Forget keys older than any redelivery can be (redeliveries come within the visibility
-    timeout; re-drives reuse new task ids, so they are new keys anyway)."""
+def idempotency_keys_prune(*, older_than: timedelta | None = None) -> int:
+    """Forget keys older than JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS.
+
+    A key must outlive every message that could repeat its effect: a redelivery (within the
+    visibility timeout), a relay re-publish (within the outbox's retention), and a re-drive of a
+    dead letter. A re-drive can come any time, and its message carries new task ids but keys
+    built from the same subject (`media.upload_ready:<upload id>`): so dead letters older than
+    the retention are not re-driven (jobs/deadletters.py), and nothing that could repeat an
+    effect outlives its key."""
+    older_than = older_than or timedelta(days=settings.JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS)
     deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - older_than).delete()
     return deleted

@@ -1,4 +1,4 @@
-"""One rate limit per outside provider, shared by every worker (DESIGN §4 rule 6).
+"""One rate limit per outside provider, shared by every worker.
 
 Celery's own `rate_limit` counts per worker process, so ten workers at "20/s" send 200 a
 second. Here every worker books its calls in one schedule per provider, kept in Redis:
@@ -164,8 +164,11 @@ def _book_script() -> Script:
     return redis_client().register_script(_BOOK_LUA)
 
 
-def _book(provider: str, *, held_us: int | None = None) -> Slot:
-    """The slot starting at `held_us` while it lasts, else the provider's next free slot."""
+def rate_limit_book(*, provider: str, held_us: int | None = None) -> Slot:
+    """The slot starting at `held_us` while it lasts, else the provider's next free slot. The
+    slot is the caller's: it calls within the slot's interval without asking again (asking
+    again books another slot). Raises RateLimitBacklogged, booking nothing, if the slot would
+    start more than RESERVATION_HORIZON_SECONDS from now. Tasks call `rate_limit_or_defer`."""
     interval_us = _interval_us(provider)
     horizon_us = max(round(RESERVATION_HORIZON_SECONDS * US_PER_SECOND), interval_us)
     try:
@@ -193,22 +196,6 @@ def _book(provider: str, *, held_us: int | None = None) -> Slot:
     return Slot(at_us=at_us, wait=wait)
 
 
-def rate_limit_reserve(*, provider: str) -> Slot:
-    """Book the provider's next free slot. The slot is the caller's: it calls within the slot's
-    interval without asking again (asking again books another slot). Raises
-    RateLimitBacklogged, booking nothing, if the slot would start more than
-    RESERVATION_HORIZON_SECONDS from now."""
-    return _book(provider)
-
-
-def rate_limit_acquire(*, provider: str) -> float:
-    """Book the provider's next free slot: 0.0 if it starts now (call at once), else the
-    seconds until it starts. The caller calls then, within one interval and without asking
-    again. For callers outside a task: `time.sleep(rate_limit_acquire(provider="smtp"))` right
-    before the call."""
-    return _book(provider).wait
-
-
 def _held_slot_us(task: Task, provider: str) -> int | None:
     """The slot this message carries for the provider, if this attempt booked it. A retry
     carries the headers of the attempt before it (Celery copies them), but that slot was spent
@@ -230,7 +217,7 @@ def rate_limit_or_defer(task: Task, *, provider: str) -> None:
     provider call, once per task: a deferred task runs again from the start, so whatever
     precedes the call runs again too, and a message carries one reservation.
     """
-    slot = _book(provider, held_us=_held_slot_us(task, provider))
+    slot = rate_limit_book(provider=provider, held_us=_held_slot_us(task, provider))
     if slot.wait == 0.0:
         return
     # Capped like every broker countdown: Redis would hand out again an unacknowledged ETA

@@ -1,18 +1,17 @@
 """Which failures are worth another try, and how long to wait before it.
 
-Only transient errors are retried: a timeout, a dropped connection, an SMTP 4xx, an HTTP 429 or
-5xx. A permanent error (an SMTP 5xx, an HTTP 404, a bug) fails at once: retrying it only delays
-the dead letter a person has to look at.
+Only transient errors are retried: a timeout, a dropped connection, an SMTP 4xx. A permanent
+error (an SMTP 5xx, a server without STARTTLS, a certificate that does not verify, a bug) fails
+at once: retrying it only delays the dead letter a person has to look at.
 """
 
 import random
 import smtplib
-from collections.abc import Callable, Mapping
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from django.conf import settings
-from django.utils import timezone
 
 
 class TransientError(Exception):
@@ -92,7 +91,11 @@ DEFAULT_BACKOFF = RetryPolicy()
 
 def classify_smtp_error(error: Exception) -> Exception | None:
     """SMTP replies: 4xx are temporary by definition (RFC 5321 §4.2.1), 5xx are final.
-    A dropped or refused connection and a timeout are transient."""
+    A dropped or refused connection and a timeout are transient. A server that lacks what we
+    require (STARTTLS, an extension) or a certificate that does not verify stays so until a
+    person changes the configuration: permanent, though smtplib and ssl raise them as OSError."""
+    if isinstance(error, smtplib.SMTPNotSupportedError | ssl.SSLCertVerificationError):
+        return PermanentError(f"{type(error).__name__}: {error}")
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in error.recipients.values()]
         if codes and all(400 <= code < 500 for code in codes):
@@ -111,35 +114,3 @@ def classify_smtp_error(error: Exception) -> Exception | None:
 
 
 SMTP_TRANSIENT = RetryPolicy(classify=classify_smtp_error)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After is either seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - timezone.now()).total_seconds())
-
-
-def http_response_error(status: int, headers: Mapping[str, str] | None = None) -> Exception | None:
-    """The error an HTTP response amounts to, or None for success: 429 and 5xx are transient
-    (honouring Retry-After), any other 4xx is permanent (the request itself is wrong)."""
-    if status < 400:
-        return None
-    headers = {key.lower(): value for key, value in (headers or {}).items()}
-    if status == 429 or status >= 500:
-        return TransientError(
-            f"HTTP {status}", retry_after=parse_retry_after(headers.get("retry-after"))
-        )
-    return PermanentError(f"HTTP {status}")
-
-
-def raise_for_http_status(status: int, headers: Mapping[str, str] | None = None) -> None:
-    if (error := http_response_error(status, headers)) is not None:
-        raise error

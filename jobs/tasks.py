@@ -5,7 +5,7 @@ from celery.schedules import crontab
 from celery.signals import worker_ready
 from django.conf import settings
 
-from jobs import outbox
+from jobs import idempotency, outbox
 from jobs.periodic import PeriodicJob, periodic_job_register
 
 
@@ -17,6 +17,11 @@ def maintenance_outbox_relay() -> int:
 @shared_task(name="jobs.maintenance_outbox_prune", idempotent=True)
 def maintenance_outbox_prune() -> int:
     return outbox.outbox_prune()
+
+
+@shared_task(name="jobs.maintenance_idempotency_keys_prune", idempotent=True)
+def maintenance_idempotency_keys_prune() -> int:
+    return idempotency.idempotency_keys_prune()
 
 
 @worker_ready.connect
@@ -43,6 +48,15 @@ periodic_job_register(
         # 03:17 UTC: traffic is low, and off the full hour when everyone's cron jobs start.
         schedule=crontab(minute=17, hour=3),
         # Pruning can wait a day: a run stuck behind a backlog for an hour is skipped, not late.
+        expires_seconds=3600,
+    )
+)
+periodic_job_register(
+    PeriodicJob(
+        name="jobs.idempotency_keys_prune",
+        task=maintenance_idempotency_keys_prune.name,
+        # 03:37 UTC: quiet hours, apart from the outbox prune.
+        schedule=crontab(minute=37, hour=3),
         expires_seconds=3600,
     )
 )

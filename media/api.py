@@ -1,4 +1,4 @@
-"""The uploads API (DESIGN §5): validate, call a service, answer from the status row."""
+"""The uploads API: validate, call a service, answer from the status row."""
 
 from django.conf import settings
 from django.urls import reverse

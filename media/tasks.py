@@ -1,4 +1,5 @@
-"""The image pipeline's tasks: thin wrappers owning queue, retries and failure handling."""
+"""The image pipeline's tasks: thin wrappers owning retries and failure handling (their queue
+comes from CELERY_TASK_ROUTES, by name)."""
 
 from celery import shared_task
 
@@ -20,7 +21,6 @@ def _fail_upload(task, error, task_id, args, kwargs, einfo) -> None:
 
 
 STEP = {
-    "queue": "media",
     "idempotent": True,
     "retry_policy": IO_TRANSIENT,
     "on_failure": _fail_upload,
@@ -30,7 +30,7 @@ STEP = {
 }
 
 
-@shared_task(name="media.start_pipeline", queue="media", idempotent=True)
+@shared_task(name="media.start_pipeline", idempotent=True)
 def start_pipeline(upload_id: str) -> None:
     services.upload_pipeline_start(upload_id=upload_id)
 
@@ -51,11 +51,11 @@ def finalize(upload_id: str) -> bool:
     return services.upload_finalize(upload_id=upload_id)
 
 
-@shared_task(name="media.notify", queue="media", idempotent=True)
+@shared_task(name="media.notify", idempotent=True)
 def notify(upload_id: str) -> None:
     services.upload_notify(upload_id=upload_id)
 
 
-@shared_task(name="media.delete_files", queue="media", idempotent=True, retry_policy=IO_TRANSIENT)
+@shared_task(name="media.delete_files", idempotent=True, retry_policy=IO_TRANSIENT)
 def delete_files(upload_id: str) -> None:
     services.upload_files_delete(upload_id=upload_id)

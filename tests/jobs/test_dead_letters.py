@@ -118,3 +118,35 @@ def test_a_letter_acted_on_stays_acted_on_when_the_same_task_fails_again(action)
     assert DeadLetter.objects.count() == 1
     assert letter.status == decided != DeadLetter.Status.DEAD
     assert letter.resolved_by == "ops@example.com"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_letter_older_than_its_keys_or_of_a_task_gone_from_the_code_is_not_redriven(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.deadletters import DeadLetterNotActionable, dead_letter_redrive
+    from jobs.idempotency import idempotency_keys_prune
+    from jobs.models import IdempotencyKey
+
+    # given keys and letters from before the retention, and a letter of a removed task
+    settings.JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS = 30
+    long_ago = timezone.now() - timedelta(days=31)
+    IdempotencyKey.objects.create(key="media.upload_ready:old", created_at=long_ago)
+    IdempotencyKey.objects.create(key="media.upload_ready:recent")
+    old = DeadLetter.objects.create(
+        task_name=permanent_unless_allowed.name, task_id="old", kwargs={"key": "k"},
+        exception_class="E", first_failed_at=long_ago,
+    )  # fmt: skip
+    gone = DeadLetter.objects.create(task_name="tests.removed", task_id="gone", exception_class="E")
+    # then the prune forgets only the old key, and neither letter can be re-driven
+    assert idempotency_keys_prune() == 1
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == [
+        "media.upload_ready:recent"
+    ]
+    with pytest.raises(DeadLetterNotActionable, match="older than 30 days"):
+        dead_letter_redrive(dead_letter_id=old.pk)
+    with pytest.raises(DeadLetterNotActionable, match=r"no task 'tests\.removed'"):
+        dead_letter_redrive(dead_letter_id=gone.pk)
+    assert not OutboxMessage.objects.exists()

@@ -22,9 +22,8 @@ from jobs.ratelimit import (
     RateLimiterUnavailable,
     UnknownRateLimit,
     parse_rate,
-    rate_limit_acquire,
+    rate_limit_book,
     rate_limit_or_defer,
-    rate_limit_reserve,
 )
 from jobs.redis import redis_client
 from jobs.retry import TransientError
@@ -75,7 +74,7 @@ def test_parse_rate_rejects_anything_else(rate):
 
 def test_a_provider_without_a_limit_is_an_error_not_an_unlimited_provider(five_per_second):
     with pytest.raises(UnknownRateLimit, match="smpt"):
-        rate_limit_acquire(provider="smpt")
+        rate_limit_book(provider="smpt")
 
 
 def test_the_system_check_names_a_limit_that_does_not_parse(settings):
@@ -96,7 +95,7 @@ def test_the_system_check_passes_well_formed_limits(settings):
 def test_callers_in_turn_get_the_next_slots_one_interval_apart(five_per_second):
     # given a provider nobody called for a while
     # when three callers ask in turn
-    slots = [rate_limit_reserve(provider="test") for _ in range(3)]
+    slots = [rate_limit_book(provider="test") for _ in range(3)]
     # then the first calls now, and each of the others owns the slot one interval after the last
     assert slots[0].wait == 0.0
     assert [b.at_us - a.at_us for a, b in itertools.pairwise(slots)] == [INTERVAL_US] * 2
@@ -110,7 +109,7 @@ def test_concurrent_callers_get_distinct_slots_spaced_by_the_interval(five_per_s
 
     def book() -> None:
         for _ in range(20):
-            booked.append(rate_limit_reserve(provider="test").at_us)
+            booked.append(rate_limit_book(provider="test").at_us)
 
     threads = [threading.Thread(target=book) for _ in range(8)]
     # when they run
@@ -136,11 +135,11 @@ def test_concurrent_callers_get_distinct_slots_spaced_by_the_interval(five_per_s
 
 def test_an_idle_provider_leaves_no_key_behind(five_per_second):
     # given a provider that was called once, and then one whose next three slots are booked
-    rate_limit_acquire(provider="test")
+    rate_limit_book(provider="test")
     # then its schedule expires once its next free instant has passed: one interval...
     assert 0 < redis_client().pttl("jobs:ratelimit:test") <= 1000 / RATE
-    rate_limit_acquire(provider="test")
-    rate_limit_acquire(provider="test")
+    rate_limit_book(provider="test")
+    rate_limit_book(provider="test")
     # ...or, with bookings ahead, once the last booked slot has passed
     assert 2000 / RATE < redis_client().pttl("jobs:ratelimit:test") <= 3000 / RATE
 
@@ -151,11 +150,11 @@ def test_a_caller_beyond_the_booking_horizon_is_refused_and_books_nothing(
     # given a booking horizon of one second, and the next second's six slots booked
     monkeypatch.setattr(ratelimit, "RESERVATION_HORIZON_SECONDS", 1.0)
     for _ in range(RATE + 1):
-        rate_limit_acquire(provider="test")
+        rate_limit_book(provider="test")
     booked_until = next_free_us()
     # when one more caller asks
     with pytest.raises(RateLimitBacklogged, match="horizon") as refused:
-        rate_limit_acquire(provider="test")
+        rate_limit_book(provider="test")
     # then it is refused as transient (its retry policy tries again later), told to come back
     # when a slot within the horizon frees up (at most one interval from now)...
     assert isinstance(refused.value, TransientError)
@@ -170,10 +169,10 @@ def test_a_limit_slower_than_the_horizon_can_still_book_its_next_slot(settings, 
     monkeypatch.setattr(ratelimit, "RESERVATION_HORIZON_SECONDS", 3600.0)
     # then one caller calls now and the next books the slot two hours out; only a third is
     # refused, instead of every caller after the first being refused for ever
-    assert rate_limit_acquire(provider="test") == 0.0
-    assert rate_limit_acquire(provider="test") == pytest.approx(7200, abs=1)
+    assert rate_limit_book(provider="test").wait == 0.0
+    assert rate_limit_book(provider="test").wait == pytest.approx(7200, abs=1)
     with pytest.raises(RateLimitBacklogged):
-        rate_limit_acquire(provider="test")
+        rate_limit_book(provider="test")
 
 
 def test_an_unreachable_redis_is_a_transient_error(five_per_second, settings):
@@ -184,7 +183,7 @@ def test_an_unreachable_redis_is_a_transient_error(five_per_second, settings):
     settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
     # then booking a slot fails as transient, so the task's retry policy retries it
     with pytest.raises(RateLimiterUnavailable) as raised:
-        rate_limit_acquire(provider="test")
+        rate_limit_book(provider="test")
     assert isinstance(raised.value, TransientError)
 
 
@@ -224,8 +223,8 @@ def test_a_reservation_beyond_the_countdown_cap_is_kept_until_its_slot(
 ):
     # given broker countdowns capped at 50 ms, and the next two slots (400 ms) taken
     settings.JOBS_MAX_BROKER_COUNTDOWN_SECONDS = 0.05
-    rate_limit_acquire(provider="test")
-    rate_limit_acquire(provider="test")
+    rate_limit_book(provider="test")
+    rate_limit_book(provider="test")
     booked_until = next_free_us()
     # when a task asks, and runs again each time its deferred message is due
     headers: dict = {"id": "task-1", "retries": 0}
@@ -255,8 +254,8 @@ def test_a_task_delivered_before_its_slot_waits_for_the_same_slot(
     no_worker_running, five_per_second
 ):
     # given a task whose message carries the slot one interval from now
-    rate_limit_acquire(provider="test")
-    slot = rate_limit_reserve(provider="test")
+    rate_limit_book(provider="test")
+    slot = rate_limit_book(provider="test")
     booked_until = next_free_us()
     booking = {"provider": "test", "at_us": slot.at_us, "retries": 0}
     # when it is delivered now, early
@@ -271,7 +270,7 @@ def test_a_task_back_within_its_slot_calls_without_booking_again(
 ):
     # given a task whose slot began half an interval ago, and the slot after it booked
     held = {"provider": "test", "at_us": server_time_us() - INTERVAL_US // 2, "retries": 0}
-    rate_limit_acquire(provider="test")
+    rate_limit_book(provider="test")
     booked_until = next_free_us()
     # when it runs, a little late (its countdown ended while every pool process was busy)
     # then it calls, and books nothing
@@ -282,7 +281,7 @@ def test_a_task_back_within_its_slot_calls_without_booking_again(
 def test_a_task_back_after_its_slot_has_ended_books_another(no_worker_running, five_per_second):
     # given a task whose slot ended half an interval ago, and the slot after it taken
     missed = {"provider": "test", "at_us": server_time_us() - 3 * INTERVAL_US // 2, "retries": 0}
-    rate_limit_acquire(provider="test")
+    rate_limit_book(provider="test")
     booked_until = next_free_us()
     # when it runs, late
     # then it does not call in the slot that now belongs to another, but books the next free one
@@ -301,7 +300,7 @@ def test_a_retry_books_a_new_slot_instead_of_reusing_the_spent_one(
     # a message's headers into its retry), a slot that has not yet ended, and a provider booked
     # for the next interval
     spent = {"provider": "test", "at_us": server_time_us() - INTERVAL_US // 2, "retries": 0}
-    rate_limit_acquire(provider="test")
+    rate_limit_book(provider="test")
     booked_until = next_free_us()
     # when the retry runs
     assert not run_limited_step({"id": "task-1", "retries": 1, RESERVATION_HEADER: spent})
@@ -380,7 +379,7 @@ def test_a_deferral_is_not_counted_as_a_retry(no_worker_running, start_worker, s
     # given a limit of one call every two seconds, and its current slot just taken by someone
     settings.JOBS_RATE_LIMITS = {"test": "30/m"}
     start_workers_limited_to(start_worker, "30/m", count=1)
-    assert rate_limit_acquire(provider="test") == 0.0
+    assert rate_limit_book(provider="test").wait == 0.0
     key = uuid.uuid4().hex
     # when a task that calls the provider runs
     task_id = call_rate_limited_provider.delay(key=key).id
@@ -401,7 +400,7 @@ def test_a_slow_limit_defers_in_steps_no_longer_than_the_broker_countdown_cap(
     # countdowns are capped at half a second (in production: half the visibility timeout)
     settings.JOBS_RATE_LIMITS = {"test": "1/h"}
     start_workers_limited_to(start_worker, "1/h", count=1, JOBS_MAX_BROKER_COUNTDOWN_SECONDS="0.5")
-    assert rate_limit_acquire(provider="test") == 0.0
+    assert rate_limit_book(provider="test").wait == 0.0
     booked_until = next_free_us()
     key = uuid.uuid4().hex
     # when a task that calls the provider runs
@@ -433,7 +432,7 @@ def test_a_poison_message_behind_the_limit_is_dead_lettered_though_deferred_in_b
 
     def other_callers() -> None:
         while not busy.is_set():
-            rate_limit_acquire(provider="test")
+            rate_limit_book(provider="test")
             time.sleep(0.25)
 
     threading.Thread(target=other_callers, daemon=True).start()

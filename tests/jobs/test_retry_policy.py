@@ -1,13 +1,11 @@
 """Classification of failures and the backoff's shape (services, no broker needed)."""
 
 import smtplib
-from datetime import timedelta
-from email.utils import format_datetime
+import ssl
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.utils import timezone
 
 from jobs.retry import (
     SMTP_TRANSIENT,
@@ -15,7 +13,6 @@ from jobs.retry import (
     RetryPolicy,
     TransientError,
     classify_smtp_error,
-    http_response_error,
 )
 
 
@@ -41,45 +38,18 @@ def test_smtp_4xx_and_network_failures_are_transient(error):
         smtplib.SMTPResponseException(550, b"no such user"),
         smtplib.SMTPDataError(554, b"rejected"),
         smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"unknown")}),
+        # what no retry can fix: a server without STARTTLS, a certificate that does not verify
+        smtplib.SMTPNotSupportedError("STARTTLS extension not supported by server."),
+        ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate"),
     ],
 )
-def test_smtp_5xx_are_permanent(error):
+def test_smtp_5xx_and_misconfigurations_are_permanent(error):
     assert isinstance(classify_smtp_error(error), PermanentError)
     assert not SMTP_TRANSIENT.is_transient(error)
 
 
 def test_an_unrelated_bug_is_not_transient():
     assert not SMTP_TRANSIENT.is_transient(KeyError("bug"))
-
-
-@pytest.mark.parametrize(
-    ("status", "headers", "kind", "retry_after"),
-    [
-        (200, {}, None, None),
-        (429, {"Retry-After": "7"}, TransientError, 7.0),
-        (503, {}, TransientError, None),
-        (500, {"retry-after": "garbage"}, TransientError, None),
-        (404, {}, PermanentError, None),
-        (410, {}, PermanentError, None),
-        (400, {"Retry-After": "5"}, PermanentError, None),
-    ],
-)
-def test_http_responses_are_classified_and_retry_after_is_honoured(
-    status, headers, kind, retry_after
-):
-    error = http_response_error(status, headers)
-    if kind is None:
-        assert error is None
-        return
-    assert isinstance(error, kind)
-    if kind is TransientError:
-        assert error.retry_after == retry_after
-
-
-def test_retry_after_as_an_http_date_counts_from_now():
-    when = format_datetime(timezone.now() + timedelta(seconds=120), usegmt=True)
-    error = http_response_error(429, {"Retry-After": when})
-    assert 110 <= error.retry_after <= 121
 
 
 def test_waits_follow_equal_jitter_bands_and_never_exceed_the_cap():

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from django.contrib.auth import get_user_model
 
+from config.celery import app
 from jobs.models import DeadLetter
 from tests.services import eventually
 from tests.worker_tasks.platform import (
@@ -144,3 +145,28 @@ def test_tasks_are_declared_with_late_ack_only_when_idempotent():
     from tests.worker_tasks.basics import create_user
 
     assert create_user.acks_late is False
+
+
+def test_a_task_killed_at_its_hard_time_limit_leaves_a_dead_letter(celery_worker):
+    from tests.worker_tasks.platform import outlive_hard_time_limit
+
+    key = unique_key()
+    outlive_hard_time_limit.delay(key=key)
+    letter = eventually(lambda: DeadLetter.objects.filter(kwargs={"key": key}).first(), timeout=30)
+    assert letter.exception_class.endswith(".TimeLimitExceeded")
+    assert letter.task_name == "tests.outlive_hard_time_limit"
+    assert len(recorded("attempts", key)) == 1  # acknowledged, not run again
+
+
+def test_a_queue_declared_on_a_task_instead_of_in_the_routes_fails_the_system_check():
+    from django.core import checks
+
+    @app.task(name="tests.declares_its_own_queue", queue="media")
+    def declares_its_own_queue() -> None: ...
+
+    try:
+        errors = [e for e in checks.run_checks() if e.id == "jobs.E004"]
+    finally:
+        del app.tasks["tests.declares_its_own_queue"]
+    assert [e.msg.split(":")[0] for e in errors] == ["tests.declares_its_own_queue"]
+    assert not [e for e in checks.run_checks() if e.id == "jobs.E004"]

@@ -61,7 +61,7 @@ def post_file(client: Client, content: bytes, name: str = "photo.jpg", field: st
 
 
 def assert_refused(response, status: int) -> dict:
-    """The error shape of DESIGN §5: a status, one human sentence, per-field messages."""
+    """The API's error shape (config/api.py): a status, one human sentence, per-field messages."""
     assert response.status_code == status, response.content
     body = response.json()
     assert set(body) == {"detail", "errors"}, body

@@ -10,6 +10,7 @@ import time
 import uuid
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth import get_user_model
 
 from jobs.idempotency import run_once
@@ -105,3 +106,13 @@ def fail_once_when_told(self, key: str, hold_seconds: float) -> None:
         time.sleep(hold_seconds)
         raise ConnectionError("provider unreachable")
     record("effects", key, str(self.request.retries))
+
+
+@shared_task(name="tests.outlive_hard_time_limit", idempotent=True, soft_time_limit=1, time_limit=2)
+def outlive_hard_time_limit(key: str) -> None:
+    """Ignores its soft time limit and runs past its hard one: its pool process is killed."""
+    record("attempts", key)
+    try:
+        time.sleep(30)
+    except SoftTimeLimitExceeded:
+        time.sleep(30)
