@@ -182,6 +182,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# On Redis, each worker holds a lease and records the messages it takes, so the tasks of a worker
+# killed whole run again within seconds; the visibility timeout remains for messages no worker
+# recorded (jobs/recovery.py). On other brokers this is Celery's own consumer.
+CELERY_WORKER_CONSUMER = "jobs.recovery:LeasedConsumer"
 
 # JSON only: pickle would let anyone who can write to the broker run code in the workers.
 CELERY_TASK_SERIALIZER = "json"
@@ -273,14 +277,14 @@ JOBS_MAX_BROKER_COUNTDOWN_SECONDS = env.float(
 # after this many attempts becomes a dead letter. 8 attempts span ~8 minutes with the defaults:
 # long enough to ride out a deploy that renames a queue, short enough that a person hears of it.
 JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS = env.int("JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS", default=8)
-# Global limits for calls to outside providers, shared by every worker: "20/s", "600/m".
-JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
-# Only one beat sends periodic tasks: every beat competes for this Redis lock, and only its holder
-# schedules (jobs/beat.py). The holder renews it on every tick, at least every 5 s
 # Idempotency keys are kept this long, and dead letters older than this are no longer re-driven
 # (their effects' keys are gone): a month to notice and act on a failure, well beyond the
 # outbox's retention and any redelivery.
 JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS = env.int("JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS", default=30)
+# Global limits for calls to outside providers, shared by every worker: "20/s", "600/m".
+JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
+# Only one beat sends periodic tasks: every beat competes for this Redis lock, and only its holder
+# schedules (jobs/beat.py). The holder renews it on every tick, at least every 5 s
 # (CELERY_BEAT_MAX_LOOP_INTERVAL); a holder killed without releasing it is replaced once it
 # expires. 30 s: a beat that is slow but alive misses six renewals before it loses the lock, and
 # periodic work pauses for at most half a minute after a crash.
