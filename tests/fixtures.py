@@ -60,9 +60,7 @@ _SHARED_WORKER = WorkerProcess(logdir=SESSION_DIR / "processes")
 
 
 @pytest.fixture(scope="session")
-def _session_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]:
-    with django_db_blocker.unblock():
-        _SHARED_WORKER.start()
+def _session_worker(django_db_setup) -> Iterator[WorkerProcess]:
     yield _SHARED_WORKER
     _SHARED_WORKER.stop()
 
@@ -75,7 +73,9 @@ def no_worker_running() -> None:
 
 
 @pytest.fixture
-def celery_worker(transactional_db, _session_worker: WorkerProcess) -> WorkerProcess:
+def celery_worker(
+    transactional_db, _session_worker: WorkerProcess, _redis_running_and_empty: None
+) -> WorkerProcess:
     """A real worker consuming every queue, as a separate process.
 
     Requires committed data: the worker runs in another process with its own connection, so a

@@ -17,7 +17,9 @@ from jobs.models import OutboxMessage
 User = get_user_model()
 PASSWORD = "correct horse battery staple"
 VERIFIED = "2026-01-01T00:00Z"
-pytestmark = pytest.mark.django_db(transaction=True)
+# No test here needs a worker; the work they enqueue (emails) must not run while the test's
+# tables are flushed.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker_running")]
 
 
 def post(client, path, body, **extra):

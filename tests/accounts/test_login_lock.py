@@ -11,7 +11,9 @@ from tests.accounts.test_email_flow import post
 
 PASSWORD = "correct horse battery staple"
 ATTACKER = {"REMOTE_ADDR": "203.0.113.9"}
-pytestmark = pytest.mark.django_db(transaction=True)
+# No test here needs a worker; the work they enqueue (emails) must not run while the test's
+# tables are flushed.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_worker_running")]
 
 
 @pytest.fixture
