@@ -356,6 +356,18 @@ UPLOAD_QUOTA_BYTES = env.int("UPLOAD_QUOTA_BYTES", default=1024 * 1024 * 1024)
 # the 125 photos of 12 MP the pixels allow.
 UPLOAD_RATE_PER_ACCOUNT = env.str("UPLOAD_RATE_PER_ACCOUNT", default="200/h")
 UPLOAD_MEGAPIXELS_RATE_PER_ACCOUNT = env.str("UPLOAD_MEGAPIXELS_RATE_PER_ACCOUNT", default="1500/h")
+# An upload still queued or processing this many seconds after its last progress has lost its
+# pipeline, and the sweep resumes it. A step records progress as it ends, and the longest a live
+# step goes without ending is its hard time limit (90 s) times its four attempts (three retries
+# of a disk error, seconds apart): 6 minutes. 10 minutes leaves 4 for a wait in the media queue.
+UPLOAD_PROGRESS_DEADLINE_SECONDS = env.int("UPLOAD_PROGRESS_DEADLINE_SECONDS", default=600)
+# Times the sweep resumes an upload; the next time it finds it stalled, it fails it. A resume
+# publishes only what is missing and takes a healthy pipeline seconds; three that did not finish
+# it mean a cause no resume fixes (no worker on the media queue all that while, a broker that
+# keeps losing messages), and the person learns it within the hour: an upload that stops
+# progressing is failed at most (3 + 1) x (10 min + the sweep's 1 min) = 44 min after its last
+# progress.
+UPLOAD_MAX_RESUMES = env.int("UPLOAD_MAX_RESUMES", default=3)
 # When set (e.g. "/protected-media/"), the web process answers a file request with an
 # X-Accel-Redirect to this internal nginx location instead of streaming the file itself.
 MEDIA_ACCEL_REDIRECT_PREFIX = env.str("MEDIA_ACCEL_REDIRECT_PREFIX", default="")

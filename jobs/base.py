@@ -123,6 +123,7 @@ class PlatformTask(DjangoTask):
                         task_id=request.id,
                         retries=request.retries + 1,
                         delay=timedelta(seconds=wait),
+                        args=args,
                         kwargs=kwargs,
                     )
                     raise Ignore() from error

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from config.celery import app
 from jobs.models import DeadLetter, OutboxMessage
-from jobs.outbox import enqueue
+from jobs.outbox import enqueue, task_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +73,7 @@ def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
             raise DeadLetterNotActionable(
                 f"dead letter {letter.pk}: this release has no task {letter.task_name!r}"
             )
-        if letter.args:
-            # Positional arguments only reach the outbox as keywords, bound by name.
-            kwargs = _bind_positional(task, letter.args, letter.kwargs)
-        else:
-            kwargs = letter.kwargs
-        message = enqueue(task, **kwargs)
+        message = enqueue(task, **task_kwargs(task, letter.args, letter.kwargs))
         letter.status = DeadLetter.Status.REDRIVEN
         letter.redriven_at = timezone.now()
         letter.redrive_count += 1
@@ -99,10 +94,3 @@ def dead_letter_discard(*, dead_letter_id: int, by: str = "") -> None:
 
 class DeadLetterNotActionable(Exception):
     """Re-drive or discard of a dead letter that was already re-driven or discarded."""
-
-
-def _bind_positional(task, args: list, kwargs: dict) -> dict:
-    import inspect
-
-    bound = inspect.signature(task.run).bind_partial(*args, **kwargs)
-    return dict(bound.arguments)

@@ -15,6 +15,7 @@ lost reached the broker), which is why every task is idempotent and the row id i
 
 import contextlib
 import enum
+import inspect
 import logging
 import os
 import threading
@@ -81,12 +82,31 @@ def enqueue_in(delay: timedelta, task: Task, /, **kwargs: Any) -> OutboxMessage:
 
 
 def enqueue_retry(
-    task: Task, /, *, task_id: str, retries: int, delay: timedelta, kwargs: dict[str, Any]
+    task: Task,
+    /,
+    *,
+    task_id: str,
+    retries: int,
+    delay: timedelta,
+    args: tuple | list,
+    kwargs: dict[str, Any],
 ) -> OutboxMessage:
     """The retry of a running task that could not be published (the broker failed with the
     task): kept like any durable message, under the task's id and its retry count."""
     with transaction.atomic():
-        return _outbox_write(task, kwargs=kwargs, delay=delay, task_id=task_id, retries=retries)
+        return _outbox_write(
+            task,
+            kwargs=task_kwargs(task, args, kwargs),
+            delay=delay,
+            task_id=task_id,
+            retries=retries,
+        )
+
+
+def task_kwargs(task: Task, args: tuple | list, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments as keywords, the only kind an outbox row keeps: a task called with
+    positional ones (a canvas's `sig.si(upload_id)`) would otherwise run without them."""
+    return dict(inspect.signature(task.run).bind_partial(*args, **kwargs).arguments)
 
 
 def _outbox_write(

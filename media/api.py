@@ -10,7 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from media import services
+from config.api import RequestTooLarge
+from media import selectors, services
 from media.images import VARIANTS_BY_NAME
 from media.models import Upload
 
@@ -71,26 +72,13 @@ class UploadSerializer(serializers.ModelSerializer):
 UploadRequest = inline_serializer("UploadFile", {"file": serializers.FileField()})
 
 
-class UploadOwnedMixin:
-    def owned(self, request: Request, upload_id) -> Upload:
-        # Someone else's upload and no upload answer alike: 404, revealing nothing.
-        upload = (
-            Upload.objects.filter(pk=upload_id, owner=request.user)
-            .prefetch_related("variants")
-            .first()
-        )
-        if upload is None:
-            raise exceptions.NotFound("No such upload.")
-        return upload
-
-
-class UploadListCreateView(UploadOwnedMixin, ListAPIView):
+class UploadListCreateView(ListAPIView):
     serializer_class = UploadSerializer
     parser_classes = [MultiPartParser]
     rate_limited_methods = ("POST",)  # uploads per account and hour
 
     def get_queryset(self):
-        return Upload.objects.filter(owner=self.request.user).prefetch_related("variants")
+        return selectors.uploads_owned(user=self.request.user).prefetch_related("variants")
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         # Refuse an oversized body from its declared length before anything reads it: the
@@ -101,7 +89,7 @@ class UploadListCreateView(UploadOwnedMixin, ListAPIView):
             except ValueError:
                 declared = 0  # as Django reads a malformed length; the body is bounded anyway
             if declared > settings.UPLOAD_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
-                raise RequestEntityTooLarge(services.upload_too_large_message())
+                raise RequestTooLarge(services.upload_too_large_message())
         super().initial(request, *args, **kwargs)
 
     @extend_schema(
@@ -123,21 +111,23 @@ class UploadListCreateView(UploadOwnedMixin, ListAPIView):
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
-class UploadDetailView(UploadOwnedMixin, APIView):
+class UploadDetailView(APIView):
     @extend_schema(responses={200: UploadSerializer})
     def get(self, request: Request, upload_id) -> Response:
-        upload = self.owned(request, upload_id)
+        upload = _owned(request, upload_id)
         return Response(UploadSerializer(upload, context={"request": request}).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, upload_id) -> Response:
-        services.upload_delete(upload=self.owned(request, upload_id))
+        services.upload_delete(upload=_owned(request, upload_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class RequestEntityTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "too_large"
+def _owned(request: Request, upload_id) -> Upload:
+    upload = selectors.upload_owned(user=request.user, upload_id=upload_id)
+    if upload is None:
+        raise exceptions.NotFound("No such upload.")
+    return upload
 
 
 class UploadRefused(exceptions.APIException):

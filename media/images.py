@@ -4,11 +4,15 @@ Every function reads a path and writes a path; the same input always gives the s
 file, so a step that runs twice (a redelivered task) rewrites identical bytes.
 """
 
+import contextlib
+import fcntl
 import math
 import os
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -253,19 +257,54 @@ def _as_rgb_or_rgba(image: Image.Image) -> Image.Image:
 
 
 def _save_atomically(image: Image.Image, stem: Path, jpeg_options: dict) -> WrittenImage:
-    """Write `stem` + the suffix its mode needs beside the destination, then rename: a worker
-    killed mid-write never leaves half a file under the final name for the next step to read.
+    """Write `stem` + the suffix its mode needs into a temporary file beside the destination,
+    then rename: a worker killed mid-write never leaves half a file under the final name for the
+    next step to read.
 
-    The partial file's name is fixed, not random, so the step's rerun writes over what the
-    killed run left and renames it away: nothing accumulates. Two runs writing at once write
-    the same bytes (the output is deterministic), so they cannot corrupt each other.
+    Each run writes a temporary file of its own: two runs of one step at once (a redelivery
+    racing the run it replaces) must not share one, or the second truncates the file the first
+    is about to rename into place. A run holds a lock on its file while it writes; a file nobody
+    holds a lock on was left by a run that died mid-write (the lock died with it), and the next
+    run removes it, so nothing accumulates.
     """
     destination = stem.with_suffix(output_suffix(image))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.name}.partial")
-    if destination.suffix == ".jpg":
-        image.save(partial, "JPEG", **jpeg_options)
-    else:
-        image.save(partial, "PNG", optimize=False)
-    os.replace(partial, destination)
+    _abandoned_partials_remove(destination)
+    partial, file = _partial_create(destination)
+    try:
+        with file:
+            if destination.suffix == ".jpg":
+                image.save(file, "JPEG", **jpeg_options)
+            else:
+                image.save(file, "PNG", optimize=False)
+            file.flush()  # every byte in the file before it gets its final name
+            os.replace(partial, destination)
+    except BaseException:
+        # Not in the way of the error that got here; what stays is removed by the next run.
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
     return WrittenImage(destination, image.width, image.height)
+
+
+def _partial_create(destination: Path) -> tuple[Path, BinaryIO]:
+    """A new temporary file for `destination`, locked for as long as it stays open."""
+    while True:
+        token = secrets.token_hex(8)
+        partial = destination.with_name(f".{destination.stem}.{token}{destination.suffix}.partial")
+        file = partial.open("xb")
+        fcntl.flock(file, fcntl.LOCK_EX)
+        if partial.exists():
+            return partial, file
+        # Another run's cleanup found it between its creation and the lock, and removed it.
+        file.close()
+
+
+def _abandoned_partials_remove(destination: Path) -> None:
+    for partial in destination.parent.glob(f".{destination.stem}.*{destination.suffix}.partial"):
+        try:
+            with partial.open("rb") as file:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                partial.unlink()
+        except (BlockingIOError, FileNotFoundError):
+            continue  # a live run is writing it, or it is gone already

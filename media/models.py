@@ -1,8 +1,15 @@
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+
+def processing_deadline() -> datetime:
+    """When an upload that records no progress until then counts as stalled: the periodic sweep
+    (media.services.uploads_stalled_sweep) resumes it, or fails it."""
+    return timezone.now() + timedelta(seconds=settings.UPLOAD_PROGRESS_DEADLINE_SECONDS)
 
 
 class Upload(models.Model):
@@ -33,10 +40,23 @@ class Upload(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # Moved forward by every step that records progress; past it, an upload still queued or
+    # processing has lost its pipeline (a message the broker lost, a canvas cut short).
+    deadline = models.DateTimeField(default=processing_deadline)
+    # Times the sweep published the rest of the pipeline; past UPLOAD_MAX_RESUMES it fails it.
+    resumes = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["owner", "-created_at"], name="media_upload_owner_recent")]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="media_upload_owner_recent"),
+            # The sweep's question: which unfinished uploads are past their deadline?
+            models.Index(
+                fields=["deadline"],
+                condition=models.Q(status__in=["queued", "processing"]),
+                name="media_upload_unfinished_due",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"upload {self.pk} ({self.status})"

@@ -1,6 +1,6 @@
 """Uploads: accept on the request path (cheap, strict), process as a Celery canvas.
 
-    normalize -> group(one task per variant) -> finalize -> notify
+    normalize -> group(one task per variant) -> finalize    (finalize then enqueues notify)
 
 normalize also makes the variants that need every pixel of the original (for a 12 MP photo,
 `large`): it holds those pixels already, and their own tasks would decode them all again. Those
@@ -9,7 +9,9 @@ workers of the previous release and of this one run each other's canvases during
 
 Each step is idempotent: it writes deterministic paths (re-running rewrites the same files),
 records its result with an upsert, and guards its status transition, so a step delivered
-twice (a worker killed mid-task, a relay re-publish) leaves the same state as once.
+twice (a worker killed mid-task, a relay re-publish) leaves the same state as once. What the
+steps recorded is also what the pipeline still lacks: a pipeline cut short (a chord callback the
+broker lost, a step run outside its canvas) is resumed by publishing only the missing steps.
 """
 
 import logging
@@ -45,7 +47,7 @@ from media.images import (
     image_normalize,
     image_variant_make,
 )
-from media.models import Upload, UploadVariant
+from media.models import Upload, UploadVariant, processing_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,12 @@ upload_ready = Signal()
 
 # Share of the progress bar the normalize step stands for; the variants split the rest.
 NORMALIZED_PROGRESS = 20
+# An upload in these has a pipeline ahead of it; ready and failed are final.
+UNFINISHED = (Upload.Status.QUEUED, Upload.Status.PROCESSING)
+# Stalled uploads one sweep run resumes or fails. Each costs a few queries and an outbox row, so
+# a run ends in seconds, well inside the minute before the next, even after an outage stalled
+# thousands at once; the next runs take the rest.
+SWEEP_BATCH = 100
 
 
 class UploadRejected(Exception):
@@ -240,24 +248,99 @@ def _pipeline_enqueue(upload_id: UUID) -> None:
 
 
 def upload_pipeline_start(*, upload_id: str) -> None:
-    """Publish the canvas (from the `media.start_pipeline` task). Publishing it twice (a
-    redelivered start) runs idempotent steps twice: the same files, rows and status.
+    """Publish the canvas of what the upload still lacks (from the `media.start_pipeline` task):
+    all of it for a new upload; for a resumed one, only the steps whose records are missing.
+    Publishing it twice (a redelivered start) runs idempotent steps twice: the same files, rows
+    and status.
 
     A plain publish, not `enqueue`: a canvas cannot ride the outbox, and this runs in a worker,
     outside any transaction, from a task the outbox delivered. If the broker fails here, that
-    task fails and is dead-lettered, and re-driving it publishes the canvas again."""
+    task fails and is dead-lettered; re-driving it publishes the canvas again, and so does the
+    sweep once the upload's deadline has passed."""
     from media import tasks
 
-    canvas = chain(
-        tasks.normalize.si(upload_id),
+    upload = Upload.objects.filter(pk=upload_id, status__in=UNFINISHED).first()
+    if upload is None:
+        return  # deleted, or finished by another run of its pipeline: nothing is missing
+    steps = [] if _normalized(upload) else [tasks.normalize.si(upload_id)]
+    made = set(upload.variants.values_list("name", flat=True))
+    missing = [spec for spec in VARIANTS if spec.name not in made]
+    finalize = tasks.finalize.si(upload_id)
+    if missing:
         # A chord: finalize runs once every variant task of the group has returned.
-        chord(
-            group(tasks.make_variant.si(upload_id, spec.name) for spec in VARIANTS),
-            tasks.finalize.si(upload_id),
-        ),
-        tasks.notify.si(upload_id),
+        finalize = chord(
+            group(tasks.make_variant.si(upload_id, spec.name) for spec in missing), finalize
+        )
+    chain(*steps, finalize).apply_async()
+
+
+def _normalized(upload: Upload) -> bool:
+    # normalize records the original, then removes the uploaded bytes: until both happened (a
+    # crash in between; "Process again" puts the bytes back), it has to run.
+    return upload.original_bytes is not None and not _source_path(upload.pk).exists()
+
+
+def upload_pipeline_resume(*, upload_id: str) -> None:
+    """Publish the rest of the pipeline after a step that ran outside its canvas: its retry
+    waited in the outbox while the broker was down, or a person re-drove its dead letter. Such a
+    step carries no canvas, so nothing would follow it. A failed upload whose step a person
+    re-drove is processing again; a ready one has nothing left to do."""
+    with transaction.atomic():
+        resumed = (
+            Upload.objects.filter(pk=upload_id)
+            .exclude(status=Upload.Status.READY)
+            .update(
+                status=Upload.Status.PROCESSING,
+                error="",
+                deadline=processing_deadline(),
+                updated_at=timezone.now(),
+            )
+        )
+        if resumed:
+            _pipeline_enqueue(upload_id)
+
+
+def uploads_stalled_sweep() -> int:
+    """Resume or fail the unfinished uploads past their deadline, oldest first (the periodic
+    `media.maintenance_uploads_sweep`). Returns how many it resumed or failed."""
+    stalled = (
+        Upload.objects.filter(status__in=UNFINISHED, deadline__lt=timezone.now())
+        .order_by("deadline")
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
     )
-    canvas.apply_async()
+    acted = 0
+    for upload_id in list(stalled):
+        with transaction.atomic():
+            upload = (
+                Upload.objects.select_for_update()
+                .filter(pk=upload_id, status__in=UNFINISHED, deadline__lt=timezone.now())
+                .first()
+            )
+            if upload is None:
+                continue  # it progressed, finished or was deleted since the query
+            _upload_resume_or_fail(upload, why="no progress before its deadline")
+            acted += 1
+    return acted
+
+
+def _upload_resume_or_fail(upload: Upload, *, why: str) -> None:
+    """With the upload's row locked: publish what its pipeline lacks, and count it, or, once
+    it has been resumed UPLOAD_MAX_RESUMES times, fail it with a reason."""
+    if upload.resumes >= settings.UPLOAD_MAX_RESUMES:
+        logger.warning("upload %s failed after %d resumes: %s", upload.pk, upload.resumes, why)
+        upload_fail(
+            upload_id=upload.pk,
+            reason=f"Processing stalled, and resuming it {upload.resumes} times did not finish "
+            "it. Upload the image again; if that fails too, contact support.",
+        )
+        return
+    logger.warning("upload %s resumed (resume %d): %s", upload.pk, upload.resumes + 1, why)
+    resumed = {"resumes": upload.resumes + 1, "deadline": processing_deadline()}
+    if upload.status == Upload.Status.FAILED:
+        # finalize, re-driven by a person, found a variant missing: processing again.
+        resumed.update(status=Upload.Status.PROCESSING, error="")
+    Upload.objects.filter(pk=upload.pk).update(**resumed, updated_at=timezone.now())
+    _pipeline_enqueue(upload.pk)
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -283,7 +366,7 @@ def upload_normalize(*, upload_id: str) -> None:
     if upload is None:
         return
     Upload.objects.filter(pk=upload_id, status=Upload.Status.QUEUED).update(
-        status=Upload.Status.PROCESSING, updated_at=timezone.now()
+        status=Upload.Status.PROCESSING, deadline=processing_deadline(), updated_at=timezone.now()
     )
     source = _source_path(upload_id)
     if not source.exists() and upload_file_path(upload_id, "original") is not None:
@@ -344,12 +427,20 @@ def _step_record(
             **upload_fields,
             # Only ever forward: variants finish in any order; a late one must not move it back.
             progress=Greatest("progress", Value(progress)),
+            deadline=processing_deadline(),
             updated_at=timezone.now(),
         )
 
 
 def upload_finalize(*, upload_id: str) -> bool:
-    """Mark ready once every variant exists. True only for the call that made it ready."""
+    """Mark ready once every variant exists, and announce it. True only for the call that made
+    it ready.
+
+    Every variant exists when the chord calls this; one is missing only when this runs on its
+    own (a retry from the outbox, a re-drive) after a variant's task was lost: the missing steps
+    are published again, counted as a resume, so this never loops."""
+    from media import tasks
+
     with transaction.atomic():
         upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
         if upload is None or upload.status == Upload.Status.READY:
@@ -359,17 +450,21 @@ def upload_finalize(*, upload_id: str) -> bool:
         )
         missing = {spec.name for spec in VARIANTS} - names
         if missing:
-            raise FileNotFoundError(f"variants {sorted(missing)} of {upload_id} are missing")
+            _upload_resume_or_fail(upload, why=f"variants {sorted(missing)} missing at finalize")
+            return False
         upload.status = Upload.Status.READY
         upload.progress = 100
         upload.error = ""
         upload.ready_at = timezone.now()
         upload.save(update_fields=["status", "progress", "error", "ready_at", "updated_at"])
+        # In the same transaction: the announcement cannot be lost between the two, as a chain's
+        # next message can (its publish fails after this commits).
+        enqueue(tasks.notify, upload_id=upload_id)
     return True
 
 
 def upload_notify(*, upload_id: str) -> None:
-    """Announce a ready upload once, even if the chain's last message arrives twice."""
+    """Announce a ready upload once, however often its message arrives."""
     upload = Upload.objects.filter(pk=upload_id, status=Upload.Status.READY).first()
     if upload is not None:
         run_once(
@@ -393,7 +488,12 @@ def upload_reprocess(*, upload: Upload) -> None:
         shutil.copyfile(original, source)
     with transaction.atomic():
         Upload.objects.filter(pk=upload.pk).update(
-            status=Upload.Status.QUEUED, progress=0, error="", updated_at=timezone.now()
+            status=Upload.Status.QUEUED,
+            progress=0,
+            error="",
+            resumes=0,
+            deadline=processing_deadline(),
+            updated_at=timezone.now(),
         )
         UploadVariant.objects.filter(upload=upload).delete()
         _pipeline_enqueue(upload.pk)

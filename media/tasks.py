@@ -1,8 +1,11 @@
-"""The image pipeline's tasks: thin wrappers owning retries and failure handling (their queue
-comes from CELERY_TASK_ROUTES, by name)."""
+"""The image pipeline's tasks: thin wrappers owning retries, failure handling and what a step
+run outside its canvas does next (their queue comes from CELERY_TASK_ROUTES, by name)."""
 
-from celery import shared_task
+from datetime import timedelta
 
+from celery import Task, shared_task
+
+from jobs.periodic import PeriodicJob, periodic_job_register
 from jobs.retry import RetryPolicy
 from media import services
 from media.images import ImageBroken
@@ -35,15 +38,25 @@ def start_pipeline(upload_id: str) -> None:
     services.upload_pipeline_start(upload_id=upload_id)
 
 
-@shared_task(name="media.normalize", **STEP)
-def normalize(upload_id: str) -> None:
+def _resume_if_outside_canvas(task: Task, upload_id: str) -> None:
+    # In its canvas, a step's message carries what follows it: normalize the rest of the chain, a
+    # variant its chord. Run on its own (its retry waited in the outbox while the broker was down,
+    # or a person re-drove its dead letter), it carries nothing, and the pipeline would end here.
+    if not (task.request.chain or task.request.chord):
+        services.upload_pipeline_resume(upload_id=upload_id)
+
+
+@shared_task(name="media.normalize", bind=True, **STEP)
+def normalize(self: Task, upload_id: str) -> None:
     services.upload_normalize(upload_id=upload_id)
+    _resume_if_outside_canvas(self, upload_id)
 
 
 # ignore_result=False: the chord counts its header's results to know when to call finalize.
-@shared_task(name="media.make_variant", ignore_result=False, **STEP)
-def make_variant(upload_id: str, name: str) -> None:
+@shared_task(name="media.make_variant", bind=True, ignore_result=False, **STEP)
+def make_variant(self: Task, upload_id: str, name: str) -> None:
     services.upload_variant_make(upload_id=upload_id, name=name)
+    _resume_if_outside_canvas(self, upload_id)
 
 
 @shared_task(name="media.finalize", **STEP)
@@ -59,3 +72,21 @@ def notify(upload_id: str) -> None:
 @shared_task(name="media.delete_files", idempotent=True, retry_policy=IO_TRANSIENT)
 def delete_files(upload_id: str) -> None:
     services.upload_files_delete(upload_id=upload_id)
+
+
+@shared_task(name="media.maintenance_uploads_sweep", idempotent=True)
+def maintenance_uploads_sweep() -> int:
+    return services.uploads_stalled_sweep()
+
+
+periodic_job_register(
+    PeriodicJob(
+        name="media.uploads_sweep",
+        task=maintenance_uploads_sweep.name,
+        # Every minute: a stalled upload waits at most a minute past its deadline, and a run with
+        # nothing stalled is one query on a partial index of the unfinished uploads.
+        schedule=timedelta(minutes=1),
+        # A run still queued when the next is due would only repeat it.
+        expires_seconds=54,
+    )
+)

@@ -12,9 +12,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from media import services
+from media import selectors, services
 from media.images import VARIANTS_BY_NAME
-from media.models import Upload
 
 SERVABLE = {"original", *VARIANTS_BY_NAME}
 # Whole rows whether the grid shows two cards a row (phones) or three (wider screens).
@@ -27,7 +26,7 @@ UPLOADS_PER_PAGE = 24
 def uploads_page(request: HttpRequest) -> HttpResponse:
     """The user's uploads, rendered in full so the list needs no JavaScript; the page's script
     (static/js/uploads.js) uploads and deletes through the API and polls each upload's status."""
-    uploads = Upload.objects.filter(owner=request.user)
+    uploads = selectors.uploads_owned(user=request.user)
     page = Paginator(uploads, UPLOADS_PER_PAGE).get_page(request.GET.get("page"))
     context = {
         "page": page,
@@ -57,12 +56,7 @@ class UploadFileView(APIView):
     def get(self, request: Request, upload_id, name: str) -> HttpResponse:
         if name not in SERVABLE:
             raise Http404
-        uploads = Upload.objects.filter(pk=upload_id)
-        # Staff who may view uploads in the admin see its previews, and they are not the owners.
-        # The same permission the admin asks for, so staff without access to uploads see none.
-        if not (request.user.is_staff and request.user.has_perm("media.view_upload")):
-            uploads = uploads.filter(owner=request.user)
-        if not uploads.exists():
+        if not selectors.upload_files_visible(user=request.user, upload_id=upload_id):
             raise Http404  # someone else's and missing look the same
         path = services.upload_file_path(upload_id, name)
         if path is None:

@@ -3,16 +3,20 @@
 No worker, no database: these functions read a path and write a path.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from media.images import (
+    VARIANT_JPEG,
     VARIANTS,
     VARIANTS_BY_NAME,
     ImageRejected,
     WrittenImage,
+    _save_atomically,
     image_header_read,
     image_normalize,
     image_variant_make,
@@ -289,6 +293,42 @@ def test_normalize_and_variants_write_byte_identical_files_every_time(tmp_path, 
     assert runs[0] == runs[1] == runs[2]
     # and the re-run left no temporary file beside them
     assert sorted(path.name for path in (tmp_path / "a").iterdir()) == sorted(runs[0])
+
+
+def test_two_runs_of_one_step_at_once_leave_a_complete_file_and_no_temporary_files(tmp_path):
+    # given a normalized original large enough that writing its variant takes a while
+    original = written(tmp_path, "original.png", encoded(gradient(4000, 3000, "RGBA"), "PNG"))
+    large = VARIANTS_BY_NAME["large"]
+    expected = image_variant_make(original, tmp_path / "alone", large).path.read_bytes()
+    # when two runs of the same variant step (a redelivery racing the run it replaces) write it
+    # at the same moment, round after round
+    start_together = threading.Barrier(2)
+
+    def run() -> WrittenImage:
+        start_together.wait()
+        return image_variant_make(original, tmp_path, large)
+
+    for _ in range(5):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = [pool.submit(run) for _ in range(2)]
+            written_paths = {future.result().path for future in runs}
+        # then both succeed, and the variant is the whole image, byte for byte
+        assert written_paths == {tmp_path / "large.png"}
+        assert (tmp_path / "large.png").read_bytes() == expected
+        # and no temporary file is left beside it
+        assert sorted(path.name for path in tmp_path.iterdir()) == [
+            "alone", "large.png", "original.png",
+        ]  # fmt: skip
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
+    # given an image the JPEG encoder refuses (16-bit greyscale), found out once writing began
+    image = Image.new("I;16", (64, 48))
+    # when a step writes it, and fails
+    with pytest.raises(OSError, match="cannot write mode"):
+        _save_atomically(image, tmp_path / "thumb", VARIANT_JPEG)
+    # then nothing is left in the folder: no file under the final name, no temporary file
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- the header check ------------------------------------------------------------------------
