@@ -54,6 +54,7 @@ from media.images import (
     VARIANTS,
     variants_needing_every_pixel,
 )
+from tests import processes
 
 DEFAULT_IMAGES = 24
 # A 12 MP phone photo as the sensor stores it: landscape, JPEG quality 90.
@@ -92,7 +93,7 @@ def main() -> None:
     with support.scratch_folder(prefix="celery-saas-bench-images-") as workdir:
         # First, while nothing else of the benchmark runs: it takes about a second a photo.
         photos = _photos_write(count=images, folder=workdir / "photos")
-        with support.RedisServer(workdir=workdir) as redis_server:
+        with processes.RedisServer(workdir=workdir) as redis_server:
             support.django_setup(
                 redis_url=redis_server.url,
                 workdir=workdir,
@@ -155,7 +156,7 @@ def _run(
     run: str,
     workdir: Path,
     worker: "MediaWorker",
-    redis_server: support.RedisServer,
+    redis_server: processes.RedisServer,
     variant_names: "VariantNames",
     database_given: bool,
 ) -> None:
@@ -273,7 +274,7 @@ def _pipeline(
     photos: list[Path],
     owner,
     worker: "MediaWorker",
-    redis_server: support.RedisServer | None,
+    redis_server: processes.RedisServer | None,
     variant_names: "VariantNames | None" = None,
 ) -> PipelineResult:
     """Upload every photo through the real path and wait until all are ready.

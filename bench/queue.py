@@ -29,6 +29,7 @@ import kombu
 import redis
 
 from bench import support
+from tests import processes
 
 DEFAULT_TASKS = 2000
 # Enough for both pool processes to have run tasks, and for the broker and database connections
@@ -61,7 +62,7 @@ def main() -> None:
     database_given = support.database_given()
     with (
         support.scratch_folder(prefix="celery-saas-bench-") as workdir,
-        support.RedisServer(workdir=workdir) as redis_server,
+        processes.RedisServer(workdir=workdir) as redis_server,
     ):
         support.django_setup(redis_url=redis_server.url, workdir=workdir)
         _forget_bench_rows()  # left by a killed earlier run on the same DATABASE_URL

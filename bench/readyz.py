@@ -39,6 +39,7 @@ import django
 import gunicorn
 
 from bench import support
+from tests import processes
 
 DEFAULT_REQUESTS = 50
 DEFAULT_POLLERS = 3
@@ -93,7 +94,7 @@ def main() -> None:
     database_given = support.database_given()
     with (
         support.scratch_folder(prefix="celery-saas-bench-readyz-") as workdir,
-        support.RedisServer(workdir=workdir) as redis_server,
+        processes.RedisServer(workdir=workdir) as redis_server,
     ):
         support.django_setup(
             redis_url=redis_server.url,

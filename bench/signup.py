@@ -44,6 +44,7 @@ import gunicorn
 import redis
 
 from bench import support
+from tests import processes
 from tests.smtp import SmtpServer
 
 DEFAULT_REQUESTS = 100
@@ -115,7 +116,7 @@ def main() -> None:
     smtp = SmtpServer(port=support.free_port())
     with (
         support.scratch_folder(prefix="celery-saas-bench-signup-") as workdir,
-        support.RedisServer(workdir=workdir) as redis_server,
+        processes.RedisServer(workdir=workdir) as redis_server,
     ):
         try:
             # Before Django sets its logging up: aiosmtpd's start-up self-connection would

@@ -9,7 +9,6 @@ starts, and a module named like a standard-library one (`queue`, `signal`, `subp
 would shadow it for Celery and kombu. Scripts import it as `bench.support`.
 """
 
-import http.client
 import os
 import platform
 import shlex
@@ -30,9 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from tests.processes import START_TIMEOUT_SECONDS, answers_http, free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# redis-server, gunicorn and a prefork worker start in seconds; beyond this they failed.
-START_TIMEOUT_SECONDS = 60.0
 
 
 # --- running a script -----------------------------------------------------------------------
@@ -61,12 +60,6 @@ def scratch_folder(*, prefix: str) -> Iterator[Path]:
 
 
 # --- services ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def spawn(command: list[str], *, log: IO[bytes]) -> subprocess.Popen:
@@ -114,42 +107,6 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         """The end of the process's log, for an error message that says why it failed."""
         return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-
-
-class RedisServer(Server):
-    """A redis-server of the run's own on a free port of 127.0.0.1, in memory only."""
-
-    def __init__(self, *, workdir: Path) -> None:
-        super().__init__(logfile=workdir / "redis.log")
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> Self:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
-        command = [
-            executable, "--port", str(self.port), "--bind", "127.0.0.1",
-            # In memory only, like the broker the tests use: persistence would time the disk.
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-        ]  # fmt: skip
-        with self.logfile.open("wb") as log:
-            self.process = spawn(command, log=log)
-        client = self.client(socket_connect_timeout=0.2)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-
-    def client(self, **options: float) -> redis.Redis:
-        return redis.Redis(port=self.port, **options)
 
 
 def database_given() -> bool:
@@ -281,21 +238,11 @@ class WebServer(Server):
         with self.logfile.open("wb") as log:
             self.process = spawn(command, log=log)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not self._answers():
+        while not answers_http(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start:\n{self.log_tail()}")
             time.sleep(0.1)
         return self
-
-    def _answers(self) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-        try:
-            connection.request("GET", "/healthz")
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            connection.close()
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -7,21 +7,15 @@ whatever runs on 6379.
 """
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
+from tests.processes import free_port
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="celery-saas-tests-"))
-REDIS_PORT = _free_port()
+REDIS_PORT = free_port()
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
-SMTP_PORT = _free_port()
+SMTP_PORT = free_port()
 
 # Forced, not defaulted: a developer's .env or shell must not point the tests at real services.
 os.environ.update(

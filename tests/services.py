@@ -1,9 +1,7 @@
 """Real processes the tests start and stop: a private redis-server, Celery workers and beats,
 and the web server."""
 
-import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,15 +19,10 @@ from kombu.exceptions import OperationalError
 
 from config.celery import app
 from jobs.redis import redis_circuit
+from tests import processes
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def eventually(probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:
@@ -87,74 +80,15 @@ class HungServer:
             self._accepted.append(accepted)
 
 
-class RedisServer:
-    """A redis-server on a fixed port that a test may stop and start again (a broker outage)."""
+class RedisServer(processes.RedisServer):
+    """The session's private Redis (tests/processes.py), which this process trusts again as soon
+    as it is back."""
 
-    def __init__(self, *, port: int, workdir: Path) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.workdir = workdir
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        eventually(lambda: self._answers(client), timeout=10)
+    def start(self) -> "RedisServer":
+        super().start()
         # This process saw Redis fail while it was stopped; it answers again, now.
         redis_circuit.close()
-
-    def stop(self) -> None:
-        """Stop the server; it comes back empty (no persistence), like a real broker wipe."""
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
-
-    def forget_all_but_bindings(self) -> None:
-        """Empty every queue and key so each test starts clean, as each starts with empty tables.
-
-        Not FLUSHDB: kombu keeps queue bindings in `_kombu.binding.*` keys, declared once per
-        connection. Deleting them under live connections would send later messages (and the
-        worker's control pings) nowhere, which is not a state production can reach.
-        """
-        client = self.client()
-        doomed = [k for k in client.scan_iter(count=1000) if not k.startswith(b"_kombu.binding.")]
-        if doomed:
-            client.delete(*doomed)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @staticmethod
-    def _answers(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
+        return self
 
 
 def database_url_for_subprocesses() -> str:
@@ -263,7 +197,7 @@ class WebProcess(ProjectProcess):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        self.port = free_port()
+        self.port = processes.free_port()
         self.extra_env = {"WEB_BIND": "127.0.0.1", "PORT": str(self.port), **self.extra_env}
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -274,14 +208,7 @@ class WebProcess(ProjectProcess):
         return ["sh", "-c", f'PATH="{Path(sys.executable).parent}:$PATH" exec {web[4:].strip()}']
 
     def is_ready(self) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-        try:
-            connection.request("GET", "/healthz")
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            connection.close()
+        return processes.answers_http(self.port)
 
 
 class WorkerProcess(CeleryProcess):

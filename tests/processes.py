@@ -1,0 +1,118 @@
+"""Process launching shared by the tests and the benchmarks: free ports, a private redis-server,
+and asking a web server whether it answers.
+
+Free of Django on purpose: tests/harness.py picks its ports before Django reads its settings,
+and a benchmark points the environment at its own services before it sets Django up.
+"""
+
+import http.client
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+import redis
+
+# redis-server, gunicorn and a prefork worker start in seconds; beyond this they failed.
+START_TIMEOUT_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers_http(port: int, path: str = "/healthz") -> bool:
+    """Whether a web server on this port of 127.0.0.1 answers `path` with 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+class RedisServer:
+    """A redis-server of its own on 127.0.0.1, in memory only, logging to `workdir/redis.log`.
+
+    A test stops and starts it again to make a broker outage; it comes back empty, as a broker
+    without persistence does. As a context manager it is stopped however the block ends.
+    """
+
+    def __init__(self, *, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.logfile = workdir / "redis.log"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed: run `make setup` (or apt-get it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [
+            executable, "--port", str(self.port), "--bind", "127.0.0.1",
+            # In memory only: persistence would time the disk, and a restart must come back empty.
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+        ]  # fmt: skip
+        with self.logfile.open("ab") as log:
+            # In a session of its own: a Ctrl-C in a benchmark's terminal reaches the benchmark,
+            # which stops its servers in order, instead of killing them mid-request.
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        client = self.client(socket_connect_timeout=0.2)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, **options: float) -> redis.Redis:
+        return redis.Redis(
+            port=self.port, **({"socket_connect_timeout": 1, "socket_timeout": 5} | options)
+        )
+
+    def forget_all_but_bindings(self) -> None:
+        """Empty every queue and key, so each test starts clean as it starts with empty tables.
+
+        Not FLUSHDB: kombu keeps queue bindings in `_kombu.binding.*` keys, declared once per
+        connection. Deleting them under live connections would send later messages (and the
+        worker's control pings) nowhere, which is not a state production can reach.
+        """
+        client = self.client()
+        doomed = [k for k in client.scan_iter(count=1000) if not k.startswith(b"_kombu.binding.")]
+        if doomed:
+            client.delete(*doomed)
