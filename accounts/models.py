@@ -2,12 +2,14 @@ import contextlib
 import re
 import unicodedata
 
+import idna
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
-from django.utils.encoding import punycode
 
+# Inside quotes, a backslash makes the next character literal: "d\ave" is the mailbox dave.
+_QUOTED_PAIR = re.compile(r"\\(.)")
 # RFC 5322's dot-atom: a quoted local part made only of these needs no quotes, and means the
 # same mailbox as the unquoted one.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -19,18 +21,22 @@ def address_normalize(email: str) -> str:
     Spellings that reach the same mailbox must be one account and one rate-limit bucket, or an
     attacker gets a fresh account (and fresh limits) per spelling: compatibility characters are
     folded (NFKC: a full-width e, U+FF45, is "e"), a needlessly quoted local part is unquoted
-    ("dave"@ is dave@), the domain is IDNA-encoded (exämple.com is xn--exmple-cua.com, as mail
-    servers see it), and the whole is lowercased: in practice no provider treats the local part
-    as case-sensitive, and people type their address in whatever case they like.
+    ("dave"@ and "d\\ave"@ are dave@), the domain is IDNA-encoded as mail servers see it, by
+    IDNA 2008 with UTS #46 mapping (exämple.com is xn--exmple-cua.com, and faß.de stays its own
+    domain, xn--fa-hia.de: IDNA 2003 would send its mail to fass.de, someone else's), and the
+    whole is lowercased: in practice no provider treats the local part as case-sensitive, and
+    people type their address in whatever case they like.
     """
     address = unicodedata.normalize("NFKC", email).strip()
     local, at, domain = address.rpartition("@")
     if not at:
         return address.lower()  # not an address: the validators refuse it
-    if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
-        local = local[1:-1]
-    with contextlib.suppress(UnicodeError):  # an invalid domain: the validators refuse it
-        domain = punycode(domain)
+    if len(local) > 2 and local[0] == local[-1] == '"':
+        unescaped = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+        if _DOT_ATOM.fullmatch(unescaped):
+            local = unescaped
+    with contextlib.suppress(idna.IDNAError):  # an invalid domain: the validators refuse it
+        domain = idna.encode(domain, uts46=True).decode("ascii")
     return f"{local}@{domain}".lower()
 
 

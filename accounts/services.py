@@ -65,7 +65,10 @@ def user_signup(*, email: str, password: str) -> None:
             # link's state covers the password). Otherwise whoever signed up first with someone
             # else's address would own the account the moment its real owner verified it.
             existing.password = password_hash
-            existing.save(update_fields=["password"])
+            # Its age starts now too: the cleanup of unverified accounts must not delete the
+            # owner's fresh signup for the age of a stranger's first one.
+            existing.date_joined = timezone.now()
+            existing.save(update_fields=["password", "date_joined"])
             _verification_email_queue(existing)
 
 
@@ -92,8 +95,7 @@ def verification_resend_carry_out(*, email: str, request_key: str) -> None:
 def email_verify(*, token: str) -> User:
     """Mark the address verified and welcome the user. tokens.InvalidToken otherwise."""
     with transaction.atomic():
-        user = tokens.token_user(purpose=tokens.PURPOSE_VERIFY, token=token)
-        user = User.objects.select_for_update().get(pk=user.pk)
+        user = tokens.token_user(purpose=tokens.PURPOSE_VERIFY, token=token, for_update=True)
         if user.email_verified:
             raise tokens.InvalidToken("This link has already been used.")
         user.email_verified_at = timezone.now()
@@ -177,8 +179,7 @@ def password_reset_carry_out(*, email: str, request_key: str) -> None:
 def password_reset_confirm(*, token: str, password: str) -> User:
     """Set the new password, end every other session and API token, tell the user by email."""
     with transaction.atomic():
-        user = tokens.token_user(purpose=tokens.PURPOSE_RESET, token=token)
-        user = User.objects.select_for_update().get(pk=user.pk)
+        user = tokens.token_user(purpose=tokens.PURPOSE_RESET, token=token, for_update=True)
         password_check(password=password, email=user.email)
         user.set_password(password)  # changes the token's state: the link dies here
         user.save(update_fields=["password"])
@@ -201,11 +202,16 @@ def expired_sessions_clear() -> None:
 
 def unverified_accounts_delete(*, older_than: timedelta) -> int:
     """Accounts nobody verified: someone else's address or a typo; they hold nothing."""
-    deleted, _ = User.objects.filter(
+    unverified = User.objects.filter(
         email_verified_at__isnull=True,
         is_staff=False,
         date_joined__lt=timezone.now() - older_than,
-    ).delete()
+    )
+    with transaction.atomic():
+        # Locked, then deleted by the same conditions: Django's delete() collects ids and deletes
+        # by id, and a verification committing in between would lose its just-verified account.
+        ids = list(unverified.select_for_update().values_list("pk", flat=True))
+        deleted, _ = unverified.filter(pk__in=ids).delete()
     return deleted
 
 

@@ -17,11 +17,13 @@ import ipaddress
 import logging
 import math
 import secrets
+import time
 
 import redis
 from django.conf import settings
 from django.core import signing
 from django.http import HttpRequest, HttpResponse
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts.models import address_normalize
 from jobs.ratelimit import parse_rate
@@ -47,20 +49,34 @@ class TooManyAttempts(Exception):
 
 
 def client_ip(request: HttpRequest) -> str:
-    """The client's address: REMOTE_ADDR, unless that is a trusted proxy, in which case the
-    right-most X-Forwarded-For entry that is not itself a trusted proxy (entries further left
-    were written by the client and prove nothing)."""
+    """The client's address, as the key its per-IP limits count under: REMOTE_ADDR, unless that
+    is a trusted proxy, in which case the right-most X-Forwarded-For entry that is not itself a
+    trusted proxy (entries further left were written by the client and prove nothing). If that
+    entry is no address (a port, "unknown"), the proxy's own address: never one further left.
+    IPv6 clients count by their /64, the block one customer gets."""
     remote = request.META.get("REMOTE_ADDR", "")
     forwarded_header = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if not _is_trusted_proxy(remote):
         if forwarded_header:
             _warn_untrusted_forwarding(remote)
-        return remote
+        return _limit_key(remote)
     forwarded = [part.strip() for part in forwarded_header.split(",")]
     for candidate in reversed(forwarded):
-        if candidate and _is_ip(candidate) and not _is_trusted_proxy(candidate):
-            return candidate
-    return remote
+        if not _is_trusted_proxy(candidate):
+            return _limit_key(candidate if _is_ip(candidate) else remote)
+    return _limit_key(remote)
+
+
+def _limit_key(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _is_trusted_proxy(address: str) -> bool:
@@ -68,6 +84,8 @@ def _is_trusted_proxy(address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket reports 10.0.0.1 as ::ffff:10.0.0.1
     return any(ip in network for network in _trusted_networks(tuple(settings.TRUSTED_PROXIES)))
 
 
@@ -76,9 +94,18 @@ def _trusted_networks(entries: tuple[str, ...]) -> tuple[ipaddress._BaseNetwork,
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
-@functools.cache
+# At most one warning this often per process: enough to be seen, and a flood of forged headers
+# from many peers neither fills the log nor grows a memory of peers.
+_WARNING_INTERVAL_SECONDS = 300
+_last_warning = -math.inf
+
+
 def _warn_untrusted_forwarding(remote: str) -> None:
-    # Once per peer and process: the log says how this fails without flooding it.
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning < _WARNING_INTERVAL_SECONDS:
+        return
+    _last_warning = now
     logger.warning(
         "X-Forwarded-For from %s, which is not in TRUSTED_PROXIES: the header is ignored and "
         "every client behind that proxy shares one per-IP abuse limit. If %s is your reverse "
@@ -172,14 +199,20 @@ class LoginGuard:
             logger.warning("login failure not counted, Redis unavailable: %s", error)
 
     def succeeded(self) -> str:
-        """The right password: the address's failures are forgotten (the IP's are not, or an
-        attacker could clear them by logging in to an account of their own between guesses).
+        """The right password. A trusted device's own failures are forgotten (its owner's typos
+        must not add up to a lock); the address's and the IP's are not: clearing them would let
+        an attacker learn that someone just logged in, or clear them by logging in to an account
+        of their own between guesses. A reset through the emailed link clears the address's.
         Returns the device cookie value to set: the one presented if it was valid, else new."""
-        login_failures_clear(email=self.address)
         if self.trusted_device:
+            subject = self.subjects[0][0]
+            try:
+                redis_client().delete(_login_key("failures", subject), _login_key("lock", subject))
+            except redis.RedisError as error:
+                logger.warning("device failures not cleared, Redis unavailable: %s", error)
             return ""
         return signing.dumps(
-            {"a": _digest(self.address), "d": secrets.token_hex(16)}, salt=_DEVICE_SALT
+            {"a": _address_tag(self.address), "d": secrets.token_hex(16)}, salt=_DEVICE_SALT
         )
 
 
@@ -222,11 +255,16 @@ def _device_id(cookie: str | None, *, address: str) -> str | None:
         return None
     try:
         payload = signing.loads(cookie, salt=_DEVICE_SALT, max_age=DEVICE_COOKIE_MAX_AGE)
-        if payload["a"] != _digest(address):
+        if not constant_time_compare(str(payload["a"]), _address_tag(address)):
             return None
         return str(payload["d"])
     except (signing.BadSignature, KeyError, TypeError):
         return None
+
+
+def _address_tag(address: str) -> str:
+    # Keyed with SECRET_KEY: whoever holds the cookie cannot test it against a list of addresses.
+    return salted_hmac(_DEVICE_SALT, address).hexdigest()[:32]
 
 
 def _login_key(kind: str, subject: str) -> str:

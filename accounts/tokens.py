@@ -60,11 +60,17 @@ def token_sign(*, purpose: str, user_id: int, state: str) -> str:
     return signing.dumps({"u": user_id, "s": state}, salt=purpose, compress=True)
 
 
-def token_user(*, purpose: str, token: str) -> User:
-    """The user a valid token was made for; InvalidToken for anything else."""
+def token_user(*, purpose: str, token: str, for_update: bool = False) -> User:
+    """The user a valid token was made for; InvalidToken for anything else.
+
+    `for_update` (inside a transaction, for a caller about to use the token): the state is
+    compared on the locked row, so nothing that changes it (a repeat signup replacing the
+    password, another use of the same link) can commit between the check and the use.
+    """
+    users = User.objects.select_for_update() if for_update else User.objects
     try:
         payload = signing.loads(token, salt=purpose, max_age=_max_age(purpose))
-        user = User.objects.get(pk=int(payload["u"]), is_active=True)
+        user = users.get(pk=int(payload["u"]), is_active=True)
         state = str(payload["s"])
     except (signing.BadSignature, KeyError, TypeError, ValueError, User.DoesNotExist) as error:
         raise InvalidToken("This link is invalid or has expired.") from error

@@ -5,6 +5,8 @@ Command-line options (the Procfile's --bind, --workers) still win over this file
 
 import os
 
+from gunicorn import glogging
+
 # The access log never holds a query string or a Referer: links from emails carry their token
 # in the query string (`/verify-email?token=…`), and the page they open is the Referer of the
 # next request. Logs are read by more people, and kept longer, than the accounts they would open.
@@ -17,3 +19,30 @@ forwarded_allow_ips = ",".join(
     for entry in os.environ.get("TRUSTED_PROXIES", "").split(",")
     if entry.strip() and entry.strip().lower() != "none"
 )
+
+
+class TokenFreeLogger(glogging.Logger):
+    """gunicorn's error log also names requests ("Error handling request /verify-email?token=…"
+    when a worker times out): paths keep no query string there either."""
+
+    def error(self, msg, *args, **kwargs):
+        super().error(msg, *_without_query_strings(args), **kwargs)
+
+    def exception(self, msg, *args, **kwargs):
+        super().exception(msg, *_without_query_strings(args), **kwargs)
+
+    def warning(self, msg, *args, **kwargs):
+        super().warning(msg, *_without_query_strings(args), **kwargs)
+
+    def critical(self, msg, *args, **kwargs):
+        super().critical(msg, *_without_query_strings(args), **kwargs)
+
+
+def _without_query_strings(args: tuple) -> tuple:
+    return tuple(
+        arg.split("?", 1)[0] if isinstance(arg, str) and arg.startswith("/") else arg
+        for arg in args
+    )
+
+
+logger_class = TokenFreeLogger

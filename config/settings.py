@@ -403,10 +403,11 @@ SPECTACULAR_SETTINGS = {
 
 # --- Security -------------------------------------------------------------------------------
 
-# Behind a TLS-terminating proxy the request arrives as plain HTTP; this header says otherwise.
-# Believed only behind a declared proxy (which strips it from client requests, as all common ones
-# do): without one, any client could claim HTTPS.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXIES else None
+# Behind a TLS-terminating proxy the request arrives as plain HTTP, and X-Forwarded-Proto says
+# otherwise. gunicorn believes it from TRUSTED_PROXIES only (config/gunicorn.py) and tells
+# Django through the WSGI scheme; Django's SECURE_PROXY_SSL_HEADER would believe it from any
+# peer, so it stays off.
+SECURE_PROXY_SSL_HEADER = None
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # /healthz and /readyz are probed over plain HTTP from inside the cluster.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]

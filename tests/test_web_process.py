@@ -2,6 +2,7 @@
 
 import http.client
 import os
+import runpy
 import subprocess
 import sys
 
@@ -56,3 +57,21 @@ def test_tokens_in_links_never_reach_the_access_log(start_web):
     log = eventually(lambda: (text := web.logfile.read_text()).count('"GET /') >= 2 and text)
     assert "/verify-email" in log
     assert secret not in log
+
+
+def test_tokens_never_reach_the_error_log_either(tmp_path):
+    # gunicorn names the request in its error log when a worker times out or a request fails
+    # below Django: the same path, without its query string
+    from gunicorn.config import Config
+
+    settings_file = runpy.run_path(str(BASE_DIR / "config" / "gunicorn.py"))
+    config = Config()
+    config.set("errorlog", str(tmp_path / "error.log"))
+    log = settings_file["logger_class"](config)
+    try:
+        raise TimeoutError("worker timeout")
+    except TimeoutError:
+        log.exception("Error handling request %s", "/verify-email?token=TOKEN-NOT-TO-LOG")
+    written = (tmp_path / "error.log").read_text()
+    assert "Error handling request /verify-email" in written
+    assert "TOKEN-NOT-TO-LOG" not in written

@@ -1,6 +1,7 @@
 import re
 
 from django.db import migrations, models
+from django.db.models import F
 
 from accounts.emails import TOKEN_PLACEHOLDER
 from accounts.models import address_normalize
@@ -30,9 +31,13 @@ def remove_stored_tokens(apps, schema_editor):
 
 def normalize_addresses(apps, schema_editor):
     """Store every address in today's normal form. Where two accounts turn out to be spellings
-    of one mailbox, the second keeps its old spelling for a person to merge or delete."""
+    of one mailbox, the verified one (else the one used last) gets the normal form, so its owner
+    still logs in; the other keeps its old spelling for a person to merge or delete."""
     User = apps.get_model("accounts", "User")
-    for user in User.objects.all().only("pk", "email"):
+    verified_first = User.objects.order_by(
+        F("email_verified_at").asc(nulls_last=True), F("last_login").desc(nulls_last=True)
+    )
+    for user in verified_first.only("pk", "email"):
         normal = address_normalize(user.email)
         if normal != user.email and not User.objects.filter(email=normal).exists():
             User.objects.filter(pk=user.pk).update(email=normal)

@@ -200,8 +200,11 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(client, settings):
 
 
 def test_trusted_proxies_may_be_networks_and_a_header_from_anyone_else_is_logged(
-    client, settings, caplog
+    client, settings, caplog, monkeypatch
 ):
+    from accounts import throttling
+
+    monkeypatch.setattr(throttling, "_last_warning", -math.inf)  # no warning logged yet
     settings.ACCOUNT_EMAIL_RATE_PER_IP = "1/m"
     settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
 
@@ -368,3 +371,37 @@ def test_signup_and_login_have_their_own_abuse_limits(client, settings, known_us
     guess = {"email": "verified@example.com", "password": "guess guess guess"}
     statuses = [post(client, "auth/login", guess).status_code for _ in range(5)]
     assert statuses == [400, 400, 400, 400, 429]
+
+
+def test_the_client_ip_is_never_an_entry_the_client_wrote_and_ipv6_counts_by_its_block(settings):
+    from django.test import RequestFactory
+
+    from accounts.throttling import client_ip
+
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+
+    def ip(remote: str, forwarded: str = "") -> str:
+        request = RequestFactory().get("/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+        return client_ip(request)
+
+    # the proxy's own entry is not an address (a port, "unknown"): the proxy, not the client's
+    assert ip("10.0.0.1", "6.6.6.6, 203.0.113.5:51234") == "10.0.0.1"
+    assert ip("10.0.0.1", "6.6.6.6, unknown") == "10.0.0.1"
+    # a dual-stack socket's mapped address is the proxy it names
+    assert ip("::ffff:10.0.0.1", "203.0.113.5") == "203.0.113.5"
+    # one customer's IPv6 block is one client, however many addresses it uses
+    assert ip("2001:db8:1:2::1") == ip("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert ip("2001:db8:1:3::1") != ip("2001:db8:1:2::1")
+
+
+def test_forwarded_headers_from_many_peers_log_one_warning(caplog, monkeypatch):
+    from django.test import RequestFactory
+
+    from accounts import throttling
+
+    monkeypatch.setattr(throttling, "_last_warning", -math.inf)
+    for peer in range(50):
+        throttling.client_ip(
+            RequestFactory().get("/", REMOTE_ADDR=f"192.0.2.{peer}", HTTP_X_FORWARDED_FOR="1.1.1.1")
+        )
+    assert caplog.text.count("not in TRUSTED_PROXIES") == 1

@@ -123,3 +123,43 @@ def test_the_login_page_answers_429_while_locked(client, settings, owner):
     assert client.post("/login", form).status_code == 200  # the form, with its error
     locked = client.post("/login", {**form, "password": PASSWORD})
     assert locked.status_code == 429 and locked.has_header("Retry-After")
+
+
+def test_an_owner_logging_in_changes_nothing_a_stranger_can_see(client, settings, owner):
+    # given one free failure per address, and the owner's browser
+    settings.ACCOUNT_LOGIN_FREE_FAILURES = 1
+    browser = Client()
+    login(browser, PASSWORD)
+
+    def probe(email: str) -> list[int]:
+        guess = {"email": email, "password": "a wrong guess"}
+        first = post(client, "auth/login", guess, **ATTACKER).status_code
+        login(browser, PASSWORD)  # the owner logs in meanwhile, as they do every day
+        return [first, *(post(client, "auth/login", guess, **ATTACKER).status_code for _ in "ab")]
+
+    # then a stranger's probes answer alike for the owner's address and an unknown one: a
+    # successful login does not clear the address's failures
+    assert probe("owner@example.com") == probe("nobody@example.com") == [400, 400, 429]
+
+
+def test_the_owners_own_typos_on_their_browser_never_add_up_to_a_lock(client, settings, owner):
+    settings.ACCOUNT_LOGIN_FREE_FAILURES = 2
+    browser = Client()
+    login(browser, PASSWORD)
+    for _ in range(4):  # typo, typo, success, again and again
+        typos = [login(browser, typo).status_code for typo in ("a typo", "another typo")]
+        assert typos == [400, 400]
+        assert login(browser, PASSWORD).status_code == 200
+
+
+def test_the_device_cookie_cannot_be_tested_against_a_list_of_addresses(client, owner):
+    import hashlib
+
+    from django.core import signing
+
+    login(client, PASSWORD)
+    payload = signing.loads(
+        client.cookies[throttling.DEVICE_COOKIE].value, salt="accounts.login-device"
+    )
+    assert payload["a"] != hashlib.sha256(b"owner@example.com").hexdigest()[:32]
+    assert "owner" not in str(payload)

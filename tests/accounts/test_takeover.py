@@ -124,6 +124,11 @@ def test_a_quoted_local_part_that_needs_its_quotes_stays_a_different_mailbox():
     assert address_normalize('"da ve"@example.com') == '"da ve"@example.com'
     assert address_normalize(" Dave@Example.com ") == "dave@example.com"
     assert re.fullmatch(r"[\x00-\x7f]+", address_normalize("x@bücher.de"))
+    # escaped characters in quotes are the characters themselves: the same mailbox
+    assert address_normalize('"d\\ave"@example.com') == "dave@example.com"
+    assert address_normalize('"\\dave"@example.com') == "dave@example.com"
+    # faß.de is its own domain (IDNA 2008), not fass.de, which belongs to someone else
+    assert address_normalize("x@faß.de") == "x@xn--fa-hia.de"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -148,3 +153,36 @@ def test_the_upgrade_removes_working_tokens_from_stored_emails_and_keeps_queued_
     assert f"token={TOKEN_PLACEHOLDER}" in queued.body_text + queued.body_html
     assert queued.link_purpose == tokens.PURPOSE_VERIFY
     assert queued.link_state == tokens.token_state(purpose=tokens.PURPOSE_VERIFY, user=user)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cleanup_counts_an_unverified_account_from_its_latest_signup(client, no_worker_running):
+    from datetime import timedelta
+
+    from accounts import services
+
+    # given a stranger's signup with someone's address a week ago
+    squatted = User.objects.create_user("late@example.com", ATTACKER_PASSWORD)
+    User.objects.filter(pk=squatted.pk).update(date_joined=squatted.date_joined - timedelta(days=8))
+    # when the owner signs up today (the signup replaces the password)
+    body = {"email": "late@example.com", "password": VICTIM_PASSWORD}
+    assert post(client, "auth/signup", body).status_code == 202
+    # then the daily cleanup leaves the owner's fresh signup alone
+    assert services.unverified_accounts_delete(older_than=timedelta(days=7)) == 0
+    assert User.objects.get(email="late@example.com").check_password(VICTIM_PASSWORD)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_upgrade_trusts_no_password_of_an_unverified_account():
+    from django.apps import apps
+
+    migration = importlib.import_module("accounts.migrations.0005_unverified_passwords_unusable")
+    squatted = User.objects.create_user("squatted@example.com", ATTACKER_PASSWORD)
+    owner = User.objects.create_user(
+        "owner@example.com", VICTIM_PASSWORD, email_verified_at="2026-01-01T00:00Z"
+    )
+    migration.unverified_passwords_unusable(apps, None)
+    squatted.refresh_from_db()
+    owner.refresh_from_db()
+    assert not squatted.has_usable_password()
+    assert owner.check_password(VICTIM_PASSWORD)
