@@ -24,15 +24,19 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Self
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from tests.processes import START_TIMEOUT_SECONDS, answers_http, free_port
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+from tests.processes import (
+    REPO_ROOT,
+    START_TIMEOUT_SECONDS,
+    Server,
+    answers_http,
+    free_port,
+    spawn,
+)
 
 # --- running a script -----------------------------------------------------------------------
 
@@ -60,53 +64,6 @@ def scratch_folder(*, prefix: str) -> Iterator[Path]:
 
 
 # --- services ---------------------------------------------------------------------------------
-
-
-def spawn(command: list[str], *, log: IO[bytes]) -> subprocess.Popen:
-    # In a session of its own: a Ctrl-C in the terminal reaches only the benchmark, which stops
-    # its processes in order (gunicorn finishes the request in flight, the worker shuts down
-    # warm, redis-server last) instead of every process dying at once mid-request.
-    return subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    # SIGTERM first: gunicorn's graceful stop, a worker's warm shutdown, redis-server's clean
-    # exit; SIGKILL only for a process that ignored it for 30 s.
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-class Server:
-    """A process of the run's own, logging to `logfile`: `start()` returns once it serves,
-    `stop()` ends it; as a context manager, it is stopped however the block ends."""
-
-    def __init__(self, *, logfile: Path) -> None:
-        self.logfile = logfile
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the process's log, for an error message that says why it failed."""
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
 
 
 def database_given() -> bool:

@@ -1,5 +1,6 @@
-"""Process launching shared by the tests and the benchmarks: free ports, a private redis-server,
-and asking a web server whether it answers.
+"""Process launching shared by the tests and the benchmarks: free ports, servers of a run's own
+(started in a session of their own, stopped gracefully), a private redis-server, and asking a
+web server whether it answers.
 
 Free of Django on purpose: tests/harness.py picks its ports before Django reads its settings,
 and a benchmark points the environment at its own services before it sets Django up.
@@ -11,10 +12,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
 import redis
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 # redis-server, gunicorn and a prefork worker start in seconds; beyond this they failed.
 START_TIMEOUT_SECONDS = 60.0
 
@@ -37,18 +39,32 @@ def answers_http(port: int, path: str = "/healthz") -> bool:
         connection.close()
 
 
-class RedisServer:
-    """A redis-server of its own on 127.0.0.1, in memory only, logging to `workdir/redis.log`.
+def spawn(command: list[str], *, log: IO[bytes]) -> subprocess.Popen:
+    # In a session of its own: a Ctrl-C in the terminal reaches only the benchmark, which stops
+    # its processes in order (gunicorn finishes the request in flight, the worker shuts down
+    # warm, redis-server last) instead of every process dying at once mid-request.
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
-    A test stops and starts it again to make a broker outage; it comes back empty, as a broker
-    without persistence does. As a context manager it is stopped however the block ends.
-    """
 
-    def __init__(self, *, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.logfile = workdir / "redis.log"
+def stop_process(process: subprocess.Popen) -> None:
+    # SIGTERM first: gunicorn's graceful stop, a worker's warm shutdown, redis-server's clean
+    # exit; SIGKILL only for a process that ignored it for 30 s.
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class Server:
+    """A process of the run's own, logging to `logfile`: `start()` returns once it serves,
+    `stop()` ends it; as a context manager, it is stopped however the block ends."""
+
+    def __init__(self, *, logfile: Path) -> None:
+        self.logfile = logfile
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Self:
@@ -56,6 +72,32 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the process's log, for an error message that says why it failed."""
+        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+
+class RedisServer(Server):
+    """A redis-server of its own on 127.0.0.1, in memory only, logging to `workdir/redis.log`.
+
+    A test stops and starts it again to make a broker outage; it comes back empty, as a broker
+    without persistence does.
+    """
+
+    def __init__(self, *, workdir: Path, port: int | None = None) -> None:
+        super().__init__(logfile=workdir / "redis.log")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> Self:
         executable = shutil.which("redis-server")
@@ -68,11 +110,7 @@ class RedisServer:
             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
         ]  # fmt: skip
         with self.logfile.open("ab") as log:
-            # In a session of its own: a Ctrl-C in a benchmark's terminal reaches the benchmark,
-            # which stops its servers in order, instead of killing them mid-request.
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self.process = spawn(command, log=log)
         client = self.client(socket_connect_timeout=0.2)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
@@ -84,17 +122,6 @@ class RedisServer:
                     self.stop()
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
     @property
     def running(self) -> bool:

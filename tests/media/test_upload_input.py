@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -199,20 +198,12 @@ def test_a_60_mb_body_is_refused_from_its_content_length_before_any_of_it_is_rea
     assert_nothing_stored(media_root)
 
 
-def test_a_60_mb_body_from_the_web_page_is_refused_before_any_of_it_is_read(db, media_root):
-    # given a signed-in browser (session cookie, CSRF token in the header, as
-    # static/js/uploads.js sends it) and a 60 MB body
-    user = get_user_model().objects.create_user(
-        "browser@example.com", "correct horse battery", email_verified_at="2026-01-01T00:00Z"
-    )
-    browser = Client(enforce_csrf_checks=True)
-    browser.force_login(user)
-    token = "a" * 32
-    browser.cookies[django_settings.CSRF_COOKIE_NAME] = token
+def test_a_60_mb_body_from_the_web_page_is_refused_before_any_of_it_is_read(browser, media_root):
+    # given a signed-in browser (as static/js/uploads.js sends) and a 60 MB body
     boundary = uuid.uuid4().hex
     body = sixty_megabyte_body(boundary)
     # when it is posted
-    response = post_body(browser, body, boundary, HTTP_X_CSRFTOKEN=token)
+    response = post_body(browser.client, body, boundary, HTTP_X_CSRFTOKEN=browser.csrf_token)
     # then it is refused as too large without the body being read
     assert_refused(response, 413)
     assert body.bytes_read == 0

@@ -12,10 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
-from django.test import Client
 from PIL import Image
 
 from jobs.outbox import publish_circuit
@@ -154,21 +152,17 @@ def test_an_upload_past_an_hourly_limit_is_answered_429_with_retry_after(
     assert post_file(api_client("other@example.com"), image).status_code == 202
 
 
-def test_the_uploads_page_is_answered_429_with_retry_after_and_a_sentence_to_show(db, settings):
-    # given a signed-in browser, sending as static/js/uploads.js does (session cookie, CSRF
-    # token in a header), and an account with one upload left this hour
+def test_the_uploads_page_is_answered_429_with_retry_after_and_a_sentence_to_show(
+    browser, settings
+):
+    # given a signed-in browser, sending as static/js/uploads.js does, and an account with one
+    # upload left this hour
     settings.UPLOAD_RATE_PER_ACCOUNT = "1/h"
-    user = get_user_model().objects.create_user(
-        "browser@example.com", "correct horse battery", email_verified_at="2026-01-01T00:00Z"
-    )
-    browser = Client(enforce_csrf_checks=True)
-    browser.force_login(user)
-    token = "a" * 32
-    browser.cookies[django_settings.CSRF_COOKIE_NAME] = token
 
     def send():
         file = SimpleUploadedFile("photo.png", png())
-        return browser.post("/api/v1/uploads", {"file": file}, headers={"X-CSRFToken": token})
+        headers = {"X-CSRFToken": browser.csrf_token}
+        return browser.client.post("/api/v1/uploads", {"file": file}, headers=headers)
 
     assert send().status_code == 202
     # when the page sends the next file
