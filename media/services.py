@@ -348,6 +348,11 @@ def upload_delete(*, upload: Upload) -> None:
     from media import tasks
 
     with transaction.atomic():
+        # Locked before Django collects its variant rows: a step recording a variant meanwhile
+        # holds this lock (_step_record), so it commits before the collection or finds the upload
+        # gone; otherwise its row would appear after the collection and fail the delete.
+        if not Upload.objects.select_for_update().filter(pk=upload.pk).values_list("pk"):
+            return  # deleted meanwhile
         enqueue(tasks.delete_files, upload_id=str(upload.pk))
         upload.delete()
 

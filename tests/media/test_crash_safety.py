@@ -285,3 +285,35 @@ def test_a_worker_killed_mid_pipeline_leaves_it_to_a_new_worker_which_finishes_i
     log = second.logfile.read_text(errors="replace")
     assert re.search(rf"task={re.escape(step)} \S+ attempt=1 \S+ outcome=success", log), log
     assert "outcome=failure" not in log, second.log_tail()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_while_a_step_records_its_variant_deletes_both(no_worker_running):
+    import threading
+
+    from django.db import connection, transaction
+
+    from media.services import upload_delete
+
+    # given an upload whose step is recording a variant (its transaction holds the upload's row)
+    user = get_user_model().objects.create_user("racer@example.com", "correct horse battery")
+    upload = Upload.objects.create(owner=user, source_format="PNG", source_bytes=1)
+    recorded = threading.Event()
+
+    def step() -> None:
+        with transaction.atomic():
+            Upload.objects.select_for_update().get(pk=upload.pk)
+            UploadVariant.objects.create(upload=upload, name="thumb", width=1, height=1, bytes=1)
+            recorded.set()
+            time.sleep(1)  # the DELETE arrives meanwhile
+        connection.close()
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    recorded.wait(5)
+    # when the owner deletes it meanwhile
+    upload_delete(upload=upload)
+    worker.join()
+    # then both are gone, and nothing failed on the variant's foreign key
+    assert not Upload.objects.filter(pk=upload.pk).exists()
+    assert not UploadVariant.objects.filter(upload_id=upload.pk).exists()
