@@ -80,6 +80,9 @@ def test_signup_answers_within_its_bounded_waits_through_the_server_whatever_the
         if outage == "hung":
             hung = HungServer(port=redis_server.port)
         web = start_web()
+    # rows from before the outage may be pending too: on a busy machine a fresh process's
+    # first publish can outlast its timeout, which leaves the row to the relay as designed
+    rows_before_the_outage = set(OutboxMessage.objects.values_list("id", flat=True))
     try:
         # the first signup of this process and the ones after it
         answers = [timed_signup(web, f"user{i}@example.com") for i in range(3)]
@@ -91,4 +94,4 @@ def test_signup_answers_within_its_bounded_waits_through_the_server_whatever_the
     assert max(elapsed for _, elapsed in answers) < healthy + bounded_waits, (healthy, answers)
     # and every signup's email waits in the outbox for the broker
     pending = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
-    assert pending.count() == 3
+    assert pending.exclude(id__in=rows_before_the_outage).count() == 3
