@@ -1,9 +1,12 @@
-"""Plain Celery `delay()` against the durable `jobs.outbox.enqueue()`, for no-op tasks.
+"""Plain Celery `delay()` against the durable `jobs.outbox.enqueue()`, for no-op tasks; and
+what the platform's base task costs each task against Celery's own.
 
 Starts its own redis-server, database (a SQLite file in a temporary folder, or DATABASE_URL)
-and `celery worker`, then prints one table: enqueue rate, enqueue-to-start latency and drain
-rate of both paths, their ratios, and whether the durable path meets its targets. It asserts
-nothing: timings belong to the machine they were taken on.
+and `celery worker`, then prints two tables: enqueue rate, enqueue-to-start latency and drain
+rate of both paths, their ratios, and whether the durable path meets its targets; and the drain
+rate of the same no-op declared on Celery's Task and on the platform's base task (plain and
+idempotent), all published with `delay()`. It asserts nothing: timings belong to the machine
+they were taken on.
 
     .venv/bin/python bench/queue.py [--tasks 2000]
 """
@@ -43,6 +46,8 @@ WORKER_CONCURRENCY = 2
 # The issue's targets for the durable path.
 MAX_EXTRA_MS_PER_TASK = 2.0
 MIN_DRAIN_RATIO = 0.8
+# The platform's base task may cost each task at most a quarter of plain Celery's drain rate.
+MIN_BASE_TASK_DRAIN_RATIO = 0.8
 # A no-op starts within milliseconds; one that has not started after this long (or a backlog
 # that made no progress for this long) means the worker is stuck, not slow.
 STUCK_SECONDS = 30.0
@@ -78,7 +83,12 @@ def _run(*, tasks: int, measure: "Measure", database_given: bool) -> None:
     from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
 
-    from bench.tasks import noop
+    from bench.tasks import (
+        noop,
+        noop_idempotent,
+        noop_plain_celery,
+        noop_plain_celery_late_ack,
+    )
     from jobs.outbox import enqueue
 
     def plain(run: str) -> None:
@@ -105,6 +115,43 @@ def _run(*, tasks: int, measure: "Measure", database_given: bool) -> None:
     for _ in range(tasks):
         for name, publish in paths.items():
             latencies[name].append(measure.latency(publish))
+    publish_seconds, drain_rates = _backlogs(measure, paths, tasks=tasks)
+    results = {
+        name: {
+            "enqueue_rate": tasks / publish_seconds[name],
+            "ms_per_enqueue": publish_seconds[name] / tasks * 1000,
+            "p50_ms": support.percentile(latencies[name], 50) * 1000,
+            "p99_ms": support.percentile(latencies[name], 99) * 1000,
+            "drain_rate": drain_rates[name],
+        }
+        for name in paths
+    }
+    _print_results(results, statements=[query["sql"] for query in queries.captured_queries])
+
+    # The same no-op on three bases, all published alike: only what runs around it differs.
+    bases = {
+        "Celery's Task": noop_plain_celery,
+        "Celery's Task, late ack": noop_plain_celery_late_ack,
+        "platform": noop,
+        "platform, idempotent": noop_idempotent,
+    }
+    base_paths = {
+        name: (lambda run, task=task: task.delay(run=run, enqueued_at=time.time()))
+        for name, task in bases.items()
+    }
+    for publish in base_paths.values():
+        for _ in range(WARM_UP_TASKS // 10):
+            measure.latency(publish)
+    _, base_rates = _backlogs(measure, base_paths, tasks=tasks)
+    _print_base_results(base_rates)
+
+
+def _backlogs(
+    measure: "Measure", paths: dict[str, Publish], *, tasks: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each path's seconds publishing `tasks` tasks in backlogs, and its drain rate (tasks/s).
+    The paths take turns round by round, so load that comes and goes on the machine weighs on
+    all alike."""
     publish_seconds = dict.fromkeys(paths, 0.0)
     drain_seconds = dict.fromkeys(paths, 0.0)
     drained = dict.fromkeys(paths, 0)
@@ -116,18 +163,7 @@ def _run(*, tasks: int, measure: "Measure", database_given: bool) -> None:
             # Between a round's first and last start lie size - 1 whole tasks; the last one's
             # own run is a no-op's, too short to count.
             drained[name] += size - 1
-
-    results = {
-        name: {
-            "enqueue_rate": tasks / publish_seconds[name],
-            "ms_per_enqueue": publish_seconds[name] / tasks * 1000,
-            "p50_ms": support.percentile(latencies[name], 50) * 1000,
-            "p99_ms": support.percentile(latencies[name], 99) * 1000,
-            "drain_rate": drained[name] / drain_seconds[name],
-        }
-        for name in paths
-    }
-    _print_results(results, statements=[query["sql"] for query in queries.captured_queries])
+    return publish_seconds, {name: drained[name] / drain_seconds[name] for name in paths}
 
 
 def _round_sizes(tasks: int) -> list[int]:
@@ -146,7 +182,7 @@ class Measure:
 
         self.worker = worker
         self.broker = broker
-        # The queue the no-op goes to, which the worker stops consuming while a backlog builds.
+        # The queue the no-ops go to, which the worker stops consuming while a backlog builds.
         self.queue = app.amqp.router.route({}, noop.name)["queue"].name
 
     def latency(self, publish: Publish) -> float:
@@ -297,6 +333,28 @@ def _print_results(results: dict[str, dict[str, float]], *, statements: list[str
         print(f"{label:36}{measured:>14}{target:>19}{'met' if met else 'MISSED':>15}")
     print()
     print(f"SQL per durable enqueue: {'; '.join(_statement_head(sql) for sql in statements)}")
+    print()
+
+
+def _print_base_results(rates: dict[str, float]) -> None:
+    baseline_name, baseline = next(iter(rates.items()))
+    print("the same no-op on each base, published with delay(), drained in the same backlogs")
+    print(f"{'':36}{'drain (tasks/s)':>16}{'ms per task':>13}{'vs ' + baseline_name:>18}")
+    for name, rate in rates.items():
+        print(f"{name:36}{rate:>16.0f}{1000 / rate:>13.3f}{rate / baseline:>18.2f}")
+    print()
+    print(f"{'target (from the design)':36}{'measured':>16}{'target':>13}{'verdict':>18}")
+    for name in ("platform", "platform, idempotent"):
+        ratio = rates[name] / baseline
+        verdict = "met" if ratio >= MIN_BASE_TASK_DRAIN_RATIO else "MISSED"
+        print(
+            f"{name + ' / ' + baseline_name:36}{ratio:>16.2f}"
+            f"{f'>= {MIN_BASE_TASK_DRAIN_RATIO:g}':>13}{verdict:>18}"
+        )
+    # Late ack costs throughput by itself: the worker takes its next message only once the
+    # last one is acknowledged, after it ran. This ratio is what the platform adds beyond it.
+    late_ack = rates["platform, idempotent"] / rates["Celery's Task, late ack"]
+    print(f"{'platform, idempotent / late ack':36}{late_ack:>16.2f}{'(same ack)':>13}")
 
 
 def _statement_head(sql: str) -> str:

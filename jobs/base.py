@@ -6,7 +6,9 @@ A task declares what it is; this class turns that into behaviour:
 
 - `idempotent=True`: the task may safely run twice, so its message is acknowledged only after
   it ran (late ack) and a worker that dies mid-task hands the message back. A message that
-  kills its worker every time is dead-lettered after JOBS_MAX_DELIVERIES deliveries.
+  kills its worker every time is dead-lettered after JOBS_MAX_DELIVERIES deliveries; only
+  deliveries that follow one that was never acknowledged are counted, so a task's first run
+  costs no round trip for it.
 - `retry_policy`: which errors are transient, how many retries, what backoff. Transient errors
   are retried with jittered exponential backoff; anything else, or the last failed retry,
   ends in the dead-letter store.
@@ -36,6 +38,10 @@ from jobs.redis import redis_client
 from jobs.retry import NEVER_RETRY, RetryPolicy, TransientError
 
 logger = logging.getLogger("jobs.task")
+
+# Set on a message re-published by a deferral (jobs.ratelimit) of a delivery that was counted:
+# the deferred message is new to the broker, not redelivered, yet continues that count.
+DELIVERIES_COUNTED_HEADER = "jobs_deliveries_counted"
 
 
 class PoisonMessage(Exception):
@@ -79,7 +85,8 @@ class PlatformTask(DjangoTask):
         started = time.monotonic()
         attempt = request.retries + 1
         delivery_key = f"jobs:deliveries:{request.id}:{request.retries}"
-        if self.idempotent and self._deliveries_exceeded(delivery_key):
+        counted = self.idempotent and deliveries_counted(request)
+        if counted and self._deliveries_exceeded(delivery_key):
             error = PoisonMessage(
                 f"killed its worker {settings.JOBS_MAX_DELIVERIES} times; not delivered again"
             )
@@ -95,10 +102,12 @@ class PlatformTask(DjangoTask):
             # key: forgetting the count instead would let a message that kills its worker every
             # other delivery, deferred in between under a backlog, loop forever.
             self._log_outcome(type(control).__name__.lower(), started, attempt)
-            self._delivery_ended(delivery_key)
+            if counted:
+                self._delivery_ended(delivery_key)
             raise
         except Exception as error:
-            self._forget_deliveries(delivery_key)
+            if counted:
+                self._forget_deliveries(delivery_key)
             verdict = self.retry_policy.classified(error)
             if (
                 isinstance(verdict, TransientError)
@@ -130,21 +139,23 @@ class PlatformTask(DjangoTask):
             self._dead_letter(args, kwargs, error, attempt)
             self._log_outcome("failure", started, attempt, error)
             raise
-        self._forget_deliveries(delivery_key)
+        if counted:
+            self._forget_deliveries(delivery_key)
         self._log_outcome("success", started, attempt)
         return result
 
     def _deliveries_exceeded(self, key: str) -> bool:
         """Count this delivery of this attempt. A message redelivered because its worker died
-        arrives with the same id and retry count, so the count says how often it killed one."""
+        arrives with the same id and retry count, so the count says how often it killed one;
+        the first delivery, never counted, is the one more."""
         try:
             pipeline = redis_client().pipeline()
             pipeline.incr(key)
             pipeline.expire(key, settings.CELERY_VISIBILITY_TIMEOUT * 2)
-            deliveries, _ = pipeline.execute()
+            redeliveries, _ = pipeline.execute()
         except redis.RedisError:
             return False  # cannot count: run it; the visibility timeout still bounds the loop
-        return deliveries > settings.JOBS_MAX_DELIVERIES
+        return 1 + redeliveries > settings.JOBS_MAX_DELIVERIES
 
     @staticmethod
     def _forget_deliveries(key: str) -> None:
@@ -187,6 +198,20 @@ class PlatformTask(DjangoTask):
             line += f" retry_in_s={wait:.2f}"
         level = logging.INFO if outcome in {"success", "retry", "ignore"} else logging.WARNING
         logger.log(level, line)
+
+
+def deliveries_counted(request) -> bool:
+    """Whether this delivery counts toward a poison message: the broker delivered the message
+    again because an earlier delivery was never acknowledged (its worker died, or shut down
+    holding it; Redis and RabbitMQ both flag such a message redelivered), or it is the deferral
+    of a counted delivery. A first delivery is not counted: counting it would cost every task
+    two Redis round trips, and a message that kills its worker is redelivered, and counted,
+    from the next delivery on. A message taken back unrun by a worker's warm shutdown is
+    redelivered too: its first run counts as a second delivery, one delivery early at worst."""
+    return bool(
+        (request.delivery_info or {}).get("redelivered")
+        or (request.headers or {}).get(DELIVERIES_COUNTED_HEADER)
+    )
 
 
 @signals.task_failure.connect

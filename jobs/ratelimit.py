@@ -53,6 +53,7 @@ from celery.exceptions import Ignore
 from django.conf import settings
 from redis.commands.core import Script
 
+from jobs.base import DELIVERIES_COUNTED_HEADER, deliveries_counted
 from jobs.redis import redis_client
 from jobs.retry import TransientError
 
@@ -226,7 +227,12 @@ def rate_limit_or_defer(task: Task, *, provider: str) -> None:
     countdown = min(slot.wait, settings.JOBS_MAX_BROKER_COUNTDOWN_SECONDS)
     booking = {"provider": provider, "at_us": slot.at_us, "retries": task.request.retries}
     deferred = task.signature_from_request(countdown=countdown)
-    deferred.options["headers"] = {**deferred.options["headers"], RESERVATION_HEADER: booking}
+    headers = {**deferred.options["headers"], RESERVATION_HEADER: booking}
+    if deliveries_counted(task.request):
+        # The deferred message is new to the broker: without this, a message that kills its
+        # worker every other delivery, deferred in between, would never be counted.
+        headers[DELIVERIES_COUNTED_HEADER] = True
+    deferred.options["headers"] = headers
     # Celery's own apply_async, not PlatformTask's: inside transaction.atomic() that one would
     # publish on commit, and the Ignore raised below rolls the transaction back, message and all.
     Task.apply_async(task, deferred.args, deferred.kwargs, **deferred.options)

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 
 from config.celery import app
 from jobs.models import DeadLetter
+from jobs.redis import redis_client
 from tests.services import eventually
 from tests.worker_tasks.platform import (
     create_user_once,
@@ -90,6 +91,33 @@ def test_a_pool_child_killed_mid_task_leads_to_one_complete_run(celery_worker):
     eventually(lambda: recorded("effects", key), timeout=30)
     assert len(recorded("deliveries", key)) == 2
     assert len(recorded("effects", key)) == 1
+
+
+def test_only_a_redelivery_costs_a_round_trip_for_the_delivery_count(celery_worker):
+    # given idempotent tasks (late ack, counted toward a poison message) and Redis's command
+    # counters cleared
+    redis = redis_client()
+    keys = [unique_key() for _ in range(5)]
+
+    def incr_calls() -> int:
+        # redis-py's incr() sends INCRBY
+        return redis.info("commandstats").get("cmdstat_incrby", {}).get("calls", 0)
+
+    redis.config_resetstat()
+    # when they run on their first delivery
+    for key in keys:
+        flaky.delay(key=key, failures=0)
+    eventually(lambda: all(recorded("effects", key) for key in keys), timeout=20)
+    # then no delivery was counted: a task's first run pays no round trip for it
+    assert incr_calls() == 0
+    # when a delivery is handed back (its pool process killed mid-task) and runs again
+    key = unique_key()
+    sleep_then_record.delay(key=key, seconds=30)
+    os.kill(int(eventually(lambda: recorded("deliveries", key))[0][1]), signal.SIGKILL)
+    eventually(lambda: recorded("effects", key), timeout=30)
+    # then that redelivery was counted, and its count removed once it ran
+    assert incr_calls() == 1
+    assert not redis.keys("jobs:deliveries:*")
 
 
 def test_a_message_that_kills_its_worker_every_time_is_dead_lettered_not_looped(
