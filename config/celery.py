@@ -6,6 +6,10 @@ from celery import Celery
 from django.conf import settings
 from kombu import Queue
 
+# Connects what a worker does as it starts: its pool processes keep freed memory for their next
+# task (only a worker sends the signal).
+import jobs.memory  # noqa: F401
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 # Every task inherits the job platform's guarantees (jobs/base.py).

@@ -5,6 +5,7 @@ test process can observe runs that happened in a worker process.
 """
 
 import os
+import resource
 import signal
 import time
 import uuid
@@ -116,3 +117,19 @@ def outlive_hard_time_limit(key: str) -> None:
         time.sleep(30)
     except SoftTimeLimitExceeded:
         time.sleep(30)
+
+
+@shared_task(name="tests.page_faults_of_a_reused_buffer")
+def page_faults_of_a_reused_buffer(key: str, megabytes: int) -> None:
+    """Records the minor page faults of filling a buffer the size of one just freed: the fresh
+    memory a task's image would cost when its process already had the memory."""
+    size = megabytes * 1024 * 1024
+    pages = range(0, size, resource.getpagesize())
+    freed = bytearray(size)
+    freed[:: resource.getpagesize()] = b"\x01" * len(pages)
+    del freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    reused = bytearray(size)
+    reused[:: resource.getpagesize()] = b"\x01" * len(pages)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    record("faults", key, f"{faults} {len(pages)}")
