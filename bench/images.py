@@ -14,7 +14,10 @@ prints one table: images per second and CPU seconds per image of
 their ratio against the issue's target, and where each side spends its time. It asserts
 nothing: timings belong to the machine they were taken on.
 
-    .venv/bin/python bench/images.py [--images 24]
+    .venv/bin/python bench/images.py [--images 24] [--photos grainy,smooth,small,mix]
+
+Each kind of photo gets its own table, and a summary ends the run: a task's fixed cost weighs
+most on the photos that are cheapest to decode, so a kind alone would hide it.
 """
 
 import sys
@@ -34,6 +37,7 @@ import os
 import platform
 import random
 import re
+import resource
 import statistics
 import threading
 import time
@@ -47,19 +51,42 @@ import PIL
 from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, features
 
 from bench import support
+from jobs.memory import freed_memory_kept
 from media.images import (
     ORIGINAL_JPEG,
     REDUCING_GAP,
     VARIANT_JPEG,
     VARIANTS,
-    variants_needing_every_pixel,
+    variants_made_by_normalize,
 )
 from tests import processes
 
 DEFAULT_IMAGES = 24
-# A 12 MP phone photo as the sensor stores it: landscape, JPEG quality 90.
-PHOTO_SIZE = (4000, 3000)
 PHOTO_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class PhotoKind:
+    name: str
+    size: tuple[int, int]  # landscape, as the sensor stores it
+    # The blotchy texture is drawn at 1/texture_scale of the size and enlarged: 8 looks like
+    # foliage or gravel, 32 like sky, skin and walls.
+    texture_scale: int
+    grain: int  # per-pixel sensor noise, +- levels per band; what compresses worst
+    description: str
+
+
+# Photos as phones take them, at JPEG quality 90. Decoding cost follows the file's entropy as
+# much as its pixels: a smooth 12 MP photo decodes about twice as fast as a grainy one.
+PHOTO_KINDS = {
+    "grainy": PhotoKind("grainy", (4000, 3000), 8, 16, "12 MP, detailed and grainy"),
+    "smooth": PhotoKind("smooth", (4000, 3000), 32, 0, "12 MP, smooth"),
+    "small": PhotoKind("small", (1632, 1224), 32, 0, "2 MP, smooth"),
+}
+# Every other photo smooth 12 MP, the others small: what a feed of phone and messenger photos is.
+MIXED = "mix"
+MIX = (PHOTO_KINDS["smooth"], PHOTO_KINDS["small"])
+PHOTO_CHOICES = [*PHOTO_KINDS, MIXED]
 # The media worker as the issue sizes it: one prefork worker, two pool processes (two cores).
 WORKER_CONCURRENCY = 2
 # The issue's target: two pool processes do at least 1.6x the images per second of one loop.
@@ -67,6 +94,8 @@ MIN_THROUGHPUT_RATIO = 1.6
 # Uploads run through the worker before anything is timed: one per pool process, so both have
 # imported Pillow and opened their database and Redis connections.
 WARM_UP_IMAGES = WORKER_CONCURRENCY
+# How the per-step table names a variant's task that found its variant made by normalize.
+FOUND_MADE = ", made by normalize"
 # A step is killed after its 90 s hard time limit; no upload ready for longer means the
 # worker is stuck (or the machine hopelessly overloaded), not slow.
 STUCK_SECONDS = 180.0
@@ -82,17 +111,32 @@ OUTCOME_LINE = re.compile(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--images", type=int, default=DEFAULT_IMAGES, help=f"photos per side ({DEFAULT_IMAGES})"
+        "--images",
+        type=int,
+        default=DEFAULT_IMAGES,
+        help=f"photos per side and kind ({DEFAULT_IMAGES})",
     )
-    images = parser.parse_args().images
+    parser.add_argument(
+        "--photos",
+        default=",".join(PHOTO_CHOICES),
+        help=f"kinds of photo, each measured on its own ({','.join(PHOTO_CHOICES)})",
+    )
+    arguments = parser.parse_args()
+    images = arguments.images
     if images < 2:
         parser.error("--images must be at least 2: the loop runs in two halves")
+    choices = arguments.photos.split(",")
+    if not choices or not set(choices) <= set(PHOTO_CHOICES):
+        parser.error(f"--photos takes some of {','.join(PHOTO_CHOICES)}")
 
     database_given = support.database_given()
     run = uuid.uuid4().hex[:8]
     with support.scratch_folder(prefix="celery-saas-bench-images-") as workdir:
         # First, while nothing else of the benchmark runs: it takes about a second a photo.
-        photos = _photos_write(count=images, folder=workdir / "photos")
+        photo_sets = {
+            choice: _photos_write(choice=choice, count=images, folder=workdir / "photos" / choice)
+            for choice in choices
+        }
         with processes.RedisServer(workdir=workdir) as redis_server:
             support.django_setup(
                 redis_url=redis_server.url,
@@ -106,21 +150,21 @@ def main() -> None:
             # The event receiver logs its connection at INFO, between the progress lines.
             logging.getLogger("kombu.mixins").setLevel(logging.WARNING)
             worker = MediaWorker(logfile=workdir / "worker.log")
-            variant_names = VariantNames()
+            task_events = TaskEvents()
             try:
                 worker.start()
-                variant_names.start()
+                task_events.start()
                 _run(
-                    photos=photos,
+                    photo_sets=photo_sets,
                     run=run,
                     workdir=workdir,
                     worker=worker,
                     redis_server=redis_server,
-                    variant_names=variant_names,
+                    task_events=task_events,
                     database_given=database_given,
                 )
             finally:
-                variant_names.stop()
+                task_events.stop()
                 worker.stop()
                 if database_given:
                     _forget_run(run)
@@ -131,10 +175,13 @@ class LoopResult:
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     waited_seconds: float = 0.0
+    page_faults: int = 0
     # Seconds per step name, one entry per photo.
     steps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     # Per photo: {"original" or a variant name: (width, height, bytes)}.
     outputs: list[dict[str, tuple[int, int, int]]] = field(default_factory=list)
+    # Per photo: its size as stored (before EXIF rotation), which decides what normalize makes.
+    sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,55 +190,94 @@ class PipelineResult:
     wall_seconds: float
     cpu_seconds: float
     waited_seconds: float
+    page_faults: int
     redis_cpu_seconds: float
     request_cpu_seconds: float
-    # (task name or "media.make_variant <variant>", seconds) per task outcome.
+    # (task name or "media.make_variant <variant>[FOUND_MADE]", seconds) per task outcome.
     durations: list[tuple[str, float]]
     outputs: list[dict[str, tuple[int, int, int]]]
 
 
 def _run(
     *,
-    photos: list[Path],
+    photo_sets: dict[str, list[Path]],
     run: str,
     workdir: Path,
     worker: "MediaWorker",
     redis_server: processes.RedisServer,
-    variant_names: "VariantNames",
+    task_events: "TaskEvents",
     database_given: bool,
 ) -> None:
     from accounts.models import User
 
     owner = User.objects.create_user(email=f"bench-images-{run}@example.com", password=None)
-    _print_header(photos=photos, database_given=database_given)
+    # The loop runs with the worker's malloc settings, so that the ratio compares the work and
+    # its scheduling, not two ways of getting memory.
+    kept_memory = freed_memory_kept()
+    _print_header(photo_sets=photo_sets, database_given=database_given, kept_memory=kept_memory)
 
-    _pipeline(photos=photos[:WARM_UP_IMAGES], owner=owner, worker=worker, redis_server=None)
-    _loop(photos[:1], folder=workdir / "loop-warm-up")
-    if not variant_names.names:
-        raise RuntimeError("no task events arrived from the worker: the per-step figures need them")
+    first = next(iter(photo_sets.values()))
+    _pipeline(
+        photos=first[:WARM_UP_IMAGES],
+        owner=owner,
+        worker=worker,
+        redis_server=None,
+        task_events=task_events,
+    )
+    _loop(first[:1], folder=workdir / "loop-warm-up")
 
+    ratios = {}
+    for choice, photos in photo_sets.items():
+        print(f"--- {_choice_description(choice, photos)}")
+        print()
+        ratios[choice] = _measure(
+            photos=photos,
+            owner=owner,
+            folder=workdir / "loop" / choice,
+            worker=worker,
+            redis_server=redis_server,
+            task_events=task_events,
+        )
+        print()
+    _print_summary(ratios)
+    print(f"load average {support.load_average()} at the end")
+
+
+def _measure(
+    *,
+    photos: list[Path],
+    owner,
+    folder: Path,
+    worker: "MediaWorker",
+    redis_server: processes.RedisServer,
+    task_events: "TaskEvents",
+) -> float:
+    """One kind of photo through the loop and the pipeline; prints its table, returns the
+    ratio of images per second, pipeline/loop."""
     # The loop runs in two halves, before and after the pipeline: load from other processes
     # on the machine drifts over seconds, and this spreads it over both sides.
     half = len(photos) // 2
-    loop = _loop(photos[:half], folder=workdir / "loop")
+    loop = _loop(photos[:half], folder=folder)
     print("loop, first half measured", file=sys.stderr, flush=True)
     pipeline = _pipeline(
         photos=photos,
         owner=owner,
         worker=worker,
         redis_server=redis_server,
-        variant_names=variant_names,
+        task_events=task_events,
     )
     print("pipeline measured", file=sys.stderr, flush=True)
-    second = _loop(photos[half:], folder=workdir / "loop", first_index=half)
+    second = _loop(photos[half:], folder=folder, first_index=half)
     loop.wall_seconds += second.wall_seconds
     loop.cpu_seconds += second.cpu_seconds
     loop.waited_seconds += second.waited_seconds
+    loop.page_faults += second.page_faults
     for step, seconds in second.steps.items():
         loop.steps[step] += seconds
     loop.outputs += second.outputs
+    loop.sizes += second.sizes
 
-    _print_results(photos=photos, loop=loop, pipeline=pipeline)
+    return _print_results(photos=photos, loop=loop, pipeline=pipeline)
 
 
 # --- the plain loop ---------------------------------------------------------------------------
@@ -202,12 +288,24 @@ def _loop(photos: list[Path], *, folder: Path, first_index: int = 0) -> LoopResu
     result = LoopResult()
     started_wall, started_cpu = time.perf_counter(), time.process_time()
     waited_before = _waited_seconds(Path("/proc/thread-self"))
+    faults_before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     for index, photo in enumerate(photos, start=first_index):
         result.outputs.append(_loop_one(photo, folder=folder / str(index), steps=result.steps))
     result.wall_seconds = time.perf_counter() - started_wall
     result.cpu_seconds = time.process_time() - started_cpu
     result.waited_seconds = _waited_seconds(Path("/proc/thread-self")) - waited_before
+    result.page_faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults_before
+    result.sizes = [_stored_size(photo) for photo in photos]
     return result
+
+
+def _stored_size(photo: Path) -> tuple[int, int]:
+    with Image.open(photo) as image:
+        return image.size
+
+
+def _made_by_normalize(size: tuple[int, int]) -> set[str]:
+    return {spec.name for spec in variants_made_by_normalize(size)}
 
 
 def _loop_one(
@@ -275,7 +373,7 @@ def _pipeline(
     owner,
     worker: "MediaWorker",
     redis_server: processes.RedisServer | None,
-    variant_names: "VariantNames | None" = None,
+    task_events: "TaskEvents",
 ) -> PipelineResult:
     """Upload every photo through the real path and wait until all are ready.
 
@@ -284,8 +382,8 @@ def _pipeline(
     normalize messages queued. The variants of each upload queue behind the normalizes still
     waiting, so both pool processes stay busy until the last few tasks, and the figure is
     the worker's throughput, not one upload's latency; had the uploads trickled in, an idle
-    process would wait for each one. Timed from the first publish (the commit) to the last
-    upload's ready_at, as the worker wrote it.
+    process would wait for each one. Timed from the first task starting (its task-started
+    event) to the last upload's ready_at, as the worker wrote it.
     """
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.db import transaction
@@ -296,7 +394,7 @@ def _pipeline(
     published_at: list[float] = []
     log_offset = worker.log_size()
     before = _tree_usage(worker.process.pid)
-    redis_before = _tree_usage(redis_server.process.pid) if redis_server else Usage(0.0, 0.0)
+    redis_before = _tree_usage(redis_server.process.pid) if redis_server else Usage(0.0, 0.0, 0)
     request_cpu_before = time.process_time()
     worker.pause("media")
     try:
@@ -337,13 +435,22 @@ def _pipeline(
     # notify runs after finalize, and its CPU belongs to the pipeline too.
     outcomes = worker.outcomes_after(log_offset, wait_for={"media.notify": len(upload_ids)})
     after = _tree_usage(worker.process.pid)
-    redis_after = _tree_usage(redis_server.process.pid) if redis_server else Usage(0.0, 0.0)
+    redis_after = _tree_usage(redis_server.process.pid) if redis_server else Usage(0.0, 0.0, 0)
 
-    names = variant_names.names if variant_names else {}
-    durations = [
-        (f"{task} {names.get(task_id, '?')}" if task == "media.make_variant" else task, seconds)
-        for task, task_id, seconds in outcomes
-    ]
+    names = task_events.names
+    made_by_normalize = {
+        str(pk): _made_by_normalize(_stored_size(photo))
+        for pk, photo in zip(upload_ids, photos, strict=True)
+    }
+
+    def step(task: str, task_id: str) -> str:
+        if task != "media.make_variant":
+            return task
+        upload_id, name = names.get(task_id, ("", "?"))
+        found = name in made_by_normalize.get(upload_id, ())
+        return f"{task} {name}" + (FOUND_MADE if found else "")
+
+    durations = [(step(task, task_id), seconds) for task, task_id, seconds in outcomes]
     variants = defaultdict(dict)
     for upload_id, name, width, height, size in UploadVariant.objects.filter(
         upload_id__in=upload_ids
@@ -358,9 +465,13 @@ def _pipeline(
     outputs = [{"original": originals[pk], **variants[pk]} for pk in upload_ids]
     return PipelineResult(
         publish_seconds=published_at[1] - published_at[0],
-        wall_seconds=last_ready - published_at[0],
+        # From the first task starting, as the loop is timed from its first photo: publishing
+        # and resuming the paused worker are the benchmark's doing, and on a run of cheap
+        # photos lasting two seconds they would weigh as a tenth of it.
+        wall_seconds=last_ready - task_events.first_start_after(published_at[0]),
         cpu_seconds=after.cpu - before.cpu,
         waited_seconds=after.waited - before.waited,
+        page_faults=after.faults - before.faults,
         redis_cpu_seconds=redis_after.cpu - redis_before.cpu,
         request_cpu_seconds=request_cpu_seconds,
         durations=durations,
@@ -368,13 +479,16 @@ def _pipeline(
     )
 
 
-class VariantNames(threading.Thread):
-    """Which variant each media.make_variant task made, from the worker's task-received events
-    (the outcome log line names the task, not its arguments), as Flower learns it."""
+class TaskEvents(threading.Thread):
+    """What the worker's task events tell, as Flower learns it: which upload and variant each
+    media.make_variant task was for (the outcome log line names the task, not its arguments),
+    and when tasks started."""
 
     def __init__(self) -> None:
-        super().__init__(name="variant-names", daemon=True)
-        self.names: dict[str, str] = {}
+        super().__init__(name="task-events", daemon=True)
+        self.names: dict[str, tuple[str, str]] = {}
+        self.events = 0  # task-received events of any task
+        self.started: list[float] = []  # time.time() in the worker, one clock with this process
         self.receiver = None
 
     def run(self) -> None:
@@ -382,14 +496,25 @@ class VariantNames(threading.Thread):
 
         with app.connection_for_read() as connection:
             self.receiver = app.events.Receiver(
-                connection, handlers={"task-received": self._received}
+                connection,
+                handlers={"task-received": self._on_received, "task-started": self._on_started},
             )
             self.receiver.capture(limit=None, timeout=None, wakeup=False)
 
-    def _received(self, event: dict) -> None:
+    def _on_received(self, event: dict) -> None:
+        self.events += 1
         if event.get("name") == "media.make_variant":
-            _, name = ast.literal_eval(event["args"])
-            self.names[event["uuid"]] = name
+            kwargs = ast.literal_eval(event["kwargs"])
+            self.names[event["uuid"]] = (kwargs["upload_id"], kwargs["name"])
+
+    def _on_started(self, event: dict) -> None:
+        self.started.append(event["timestamp"])
+
+    def first_start_after(self, moment: float) -> float:
+        started = [started for started in self.started if started >= moment]
+        if not started:
+            raise RuntimeError("no task-started events arrived from the worker: timing needs them")
+        return min(started)
 
     def stop(self) -> None:
         if self.receiver is not None:
@@ -442,16 +567,19 @@ class MediaWorker(support.Worker):
 class Usage:
     cpu: float  # seconds running, user + system
     waited: float  # seconds runnable but waiting for a core: the machine's other load
+    # Minor page faults: fresh memory touched, each a zeroed page the kernel hands out.
+    faults: int
 
 
 def _tree_usage(pid: int) -> Usage:
-    """CPU and run-queue wait of a process and its children so far, every thread included.
+    """CPU, run-queue wait and page faults of a process and its children so far, every thread
+    included.
 
-    CPU of a child already gone (a recycled pool process) is in the parent's cutime/cstime;
-    its wait is lost, so `waited` is a lower bound then.
+    CPU and faults of a child already gone (a recycled pool process) are in the parent's
+    cutime/cstime and cminflt; its wait is lost, so `waited` is a lower bound then.
     """
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu_ticks, waited = 0, 0.0
+    cpu_ticks, waited, faults = 0, 0.0, 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -460,14 +588,16 @@ def _tree_usage(pid: int) -> Usage:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             if int(entry.name) == pid:
                 cpu_ticks += sum(int(value) for value in fields[11:15])  # u/s time, cu/cs time
+                faults += int(fields[7]) + int(fields[8])  # minflt, cminflt
             elif int(fields[1]) == pid:
                 cpu_ticks += int(fields[11]) + int(fields[12])  # utime stime
+                faults += int(fields[7])
             else:
                 continue
             waited += sum(_waited_seconds(thread) for thread in (entry / "task").iterdir())
         except (FileNotFoundError, ProcessLookupError):
             continue  # ended while being read
-    return Usage(cpu=cpu_ticks / ticks, waited=waited)
+    return Usage(cpu=cpu_ticks / ticks, waited=waited, faults=faults)
 
 
 def _waited_seconds(thread: Path) -> float:
@@ -478,27 +608,33 @@ def _waited_seconds(thread: Path) -> float:
 # --- the photos -------------------------------------------------------------------------------
 
 
-def _photos_write(*, count: int, folder: Path) -> list[Path]:
-    folder.mkdir()
+def _photos_write(*, choice: str, count: int, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
     paths = []
     for index in range(count):
         path = folder / f"photo-{index:03d}.jpg"
-        path.write_bytes(_photo(index))
+        path.write_bytes(_photo(index, _photo_kind(choice, index)))
         paths.append(path)
-        print(f"photo {index + 1}/{count} made", file=sys.stderr, flush=True)
+        print(f"{choice} photo {index + 1}/{count} made", file=sys.stderr, flush=True)
     return paths
 
 
-def _photo(index: int) -> bytes:
-    """A 12 MP JPEG with a photo's mix of detail, so it costs what a photo costs to decode and
+def _photo_kind(choice: str, index: int) -> PhotoKind:
+    # In a mix, pairs alternate, so that both kinds have landscape and portrait photos.
+    return MIX[index // 2 % 2] if choice == MIXED else PHOTO_KINDS[choice]
+
+
+def _photo(index: int, kind: PhotoKind) -> bytes:
+    """A JPEG with a photo's mix of detail, so it costs what such a photo costs to decode and
     encode (a flat colour compresses to nothing and decodes several times faster): smooth
-    gradients, a blotchy mid-scale texture, hard-edged shapes and per-pixel sensor grain,
-    ~4 MB at quality 90 as phones write. Odd ones are portrait shots as phones store them:
-    landscape pixels with EXIF orientation 6 (rotate 90 degrees to view) and a GPS position.
-    The same index always gives the same photo."""
+    gradients, a blotchy texture, hard-edged shapes and, for a grainy kind, per-pixel sensor
+    noise (a grainy 12 MP photo is ~4 MB at quality 90 as phones write, a smooth one ~1 MB).
+    Odd ones are portrait shots as phones store them: landscape pixels with EXIF orientation 6
+    (rotate 90 degrees to view) and a GPS position. The same index and kind give the same
+    photo."""
     chance = random.Random(index)
-    width, height = PHOTO_SIZE
-    # Gradients and texture at an eighth of the size, enlarged: smooth like sky and skin.
+    width, height = kind.size
+    # Gradients at an eighth of the size, enlarged: smooth like sky and skin.
     small = (width // 8, height // 8)
     ramp = Image.linear_gradient("L")
     scene = Image.merge(
@@ -508,22 +644,28 @@ def _photo(index: int) -> bytes:
     for _ in range(30):
         x, y, r = chance.randrange(small[0]), chance.randrange(small[1]), chance.randrange(5, 100)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=_colour(chance))
-    blotches = Image.frombytes("RGB", small, chance.randbytes(small[0] * small[1] * 3))
+    texture = (width // kind.texture_scale, height // kind.texture_scale)
+    blotches = Image.frombytes("RGB", texture, chance.randbytes(texture[0] * texture[1] * 3))
+    if texture != small:
+        blotches = blotches.resize(small, Image.Resampling.BICUBIC)
     scene = ImageChops.add(scene, blotches.point(lambda value: 96 + value // 4), offset=-128)
-    photo = scene.resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
+    photo = scene.resize(kind.size, Image.Resampling.BICUBIC)
     # Hard edges at full size, as objects have.
     draw = ImageDraw.Draw(photo)
     for _ in range(25):
         x, y, r = chance.randrange(width), chance.randrange(height), chance.randrange(40, 600)
         corners = [(x + chance.randint(-r, r), y + chance.randint(-r, r)) for _ in range(5)]
         draw.polygon(corners, fill=_colour(chance))
-    # Grain of +-16 levels per pixel and band: what keeps a real photo from compressing well.
-    grain = Image.frombytes("RGB", PHOTO_SIZE, chance.randbytes(width * height * 3))
-    photo = ImageChops.add(photo, grain.point(lambda value: 112 + value // 8), offset=-128)
+    if kind.grain:
+        # What keeps a real photo from compressing well.
+        noise = Image.frombytes("RGB", kind.size, chance.randbytes(width * height * 3))
+        levels = 2 * kind.grain + 1
+        noise = noise.point(lambda value: 128 - kind.grain + value * levels // 256)
+        photo = ImageChops.add(photo, noise, offset=-128)
 
     exif = Image.Exif()
     exif[ExifTags.Base.Make] = "Bench"
-    exif[ExifTags.Base.Model] = "Phone 12MP"
+    exif[ExifTags.Base.Model] = "Phone"
     if index % 2:
         exif[ExifTags.Base.Orientation] = 6
         gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
@@ -556,21 +698,22 @@ def _forget_run(run: str) -> None:
 # --- output -----------------------------------------------------------------------------------
 
 
-def _print_header(*, photos: list[Path], database_given: bool) -> None:
+def _print_header(
+    *, photo_sets: dict[str, list[Path]], database_given: bool, kept_memory: bool
+) -> None:
     from django.conf import settings
 
-    megabytes = statistics.mean(photo.stat().st_size for photo in photos) / 1e6
     libjpeg = features.version("jpg")
     if features.check_feature("libjpeg_turbo"):
         libjpeg = f"libjpeg-turbo {features.version('libjpeg_turbo')}"
-    width, height = PHOTO_SIZE
+    photos = next(iter(photo_sets.values()))
 
     support.print_run_header(
         title=(
             "Image pipeline throughput: upload -> all variants ready, worker vs a plain Pillow loop"
         ),
         script="bench/images.py",
-        arguments=["--images", str(len(photos))],
+        arguments=["--images", str(len(photos)), "--photos", ",".join(photo_sets)],
         database_given=database_given,
         database_note="; MEDIA_ROOT a temporary folder",
     )
@@ -580,8 +723,8 @@ def _print_header(*, photos: list[Path], database_given: bool) -> None:
         f"redis-server {support.redis_server_version()}"
     )
     print(
-        f"photos      {len(photos)} made here, {width}x{height}, JPEG q{PHOTO_QUALITY}, "
-        f"{megabytes:.1f} MB on average, gradients + texture + shapes + grain;"
+        f"photos      {len(photos)} per kind made here, JPEG q{PHOTO_QUALITY}, gradients + "
+        "texture + shapes (+ grain);"
     )
     print("            every other one EXIF orientation 6 (portrait) with a GPS block")
     print(
@@ -599,7 +742,7 @@ def _print_header(*, photos: list[Path], database_given: bool) -> None:
     print(
         f"            prefork, concurrency {WORKER_CONCURRENCY}, prefetch multiplier "
         f"{settings.CELERY_WORKER_PREFETCH_MULTIPLIER}, paused while publishing; timed from "
-        "the first publish"
+        "the first task's start"
     )
     print("            to the last ready_at; CPU of the worker and its pool processes (/proc)")
     print(
@@ -610,12 +753,29 @@ def _print_header(*, photos: list[Path], database_given: bool) -> None:
         f"            resize each variant from those pixels (LANCZOS, reducing_gap "
         f"{REDUCING_GAP:g}), same save options;"
     )
-    print("            run in two halves, before and after the pipeline; CPU of this process")
+    print("            run in two halves, before and after the pipeline; CPU of this process;")
+    print(f"            malloc keeps freed memory as in the worker (jobs/memory.py): {kept_memory}")
     print(f"warm-up     {WARM_UP_IMAGES} uploads through the worker, 1 photo through the loop")
     print()
 
 
-def _print_results(*, photos: list[Path], loop: LoopResult, pipeline: PipelineResult) -> None:
+def _choice_description(choice: str, photos: list[Path]) -> str:
+    kinds = MIX if choice == MIXED else (PHOTO_KINDS[choice],)
+    described = " and ".join(
+        f"{kind.description} ({kind.size[0]}x{kind.size[1]})" for kind in kinds
+    )
+    megabytes = statistics.mean(photo.stat().st_size for photo in photos) / 1e6
+    return f"{choice}: {described}, {megabytes:.2f} MB on average"
+
+
+def _print_summary(ratios: dict[str, float]) -> None:
+    print(f"summary: images/s pipeline/loop, target >= {MIN_THROUGHPUT_RATIO:g} for every kind")
+    for choice, ratio in ratios.items():
+        verdict = "met" if ratio >= MIN_THROUGHPUT_RATIO else "MISSED"
+        print(f"  {choice:10}{ratio:>8.2f}{verdict:>10}")
+
+
+def _print_results(*, photos: list[Path], loop: LoopResult, pipeline: PipelineResult) -> float:
     count = len(photos)
     rates = {"pipeline": count / pipeline.wall_seconds, "loop": count / loop.wall_seconds}
     cpu = {"pipeline": pipeline.cpu_seconds / count, "loop": loop.cpu_seconds / count}
@@ -643,9 +803,15 @@ def _print_results(*, photos: list[Path], loop: LoopResult, pipeline: PipelineRe
         f"{'waiting for a core, s per image':40}{waited['pipeline']:>12.3f}{waited['loop']:>12.3f}"
     )
     print(f"{'share of its cores busy (2 / 1)':40}{used['pipeline']:>12.0%}{used['loop']:>12.0%}")
+    faults = {"pipeline": pipeline.page_faults / count, "loop": loop.page_faults / count}
     print(
-        f"(pipeline: {pipeline.wall_seconds:.1f} s for {count} uploads, of which "
-        f"{pipeline.publish_seconds * 1000:.0f} ms publishing; loop: {loop.wall_seconds:.1f} s)"
+        f"{'page faults per image (fresh memory)':40}{faults['pipeline']:>12.0f}"
+        f"{faults['loop']:>12.0f}"
+    )
+    print(
+        f"(pipeline: {pipeline.wall_seconds:.2f} s for {count} uploads from the first task's "
+        f"start, after {pipeline.publish_seconds * 1000:.0f} ms publishing; loop: "
+        f"{loop.wall_seconds:.2f} s)"
     )
     print()
     ratio = rates["pipeline"] / rates["loop"]
@@ -673,66 +839,66 @@ def _print_results(*, photos: list[Path], loop: LoopResult, pipeline: PipelineRe
         f"per image (broker, chord counts, events); upload_create() in this process "
         f"{pipeline.request_cpu_seconds / count * 1000:.0f} ms CPU per upload"
     )
-    print(f"load average {support.load_average()} at the end")
+    return ratio
 
 
 def _print_breakdown(*, count: int, loop: LoopResult, pipeline: PipelineResult) -> None:
     """Mean wall time per step: each pipeline task as its outcome line reports it (from the
     task starting to its return, database and Redis work included), against the loop's code
-    making the same file."""
+    making the same files for the same photos."""
     by_step = defaultdict(list)
     for step, seconds in pipeline.durations:
         by_step[step].append(seconds)
-    loop_ms = {step: statistics.mean(seconds) * 1000 for step, seconds in loop.steps.items()}
-    # Every photo has the same size, so every canvas splits its variants the same way.
-    in_normalize = [spec.name for spec in variants_needing_every_pixel(PHOTO_SIZE)]
-    normalize_steps = ["decode", "transpose", "save original", *in_normalize]
-    # (task as the durations name it, loop ms for the same files or None, what the loop did
-    # for them or what the task did instead)
+    made_by_normalize = [_made_by_normalize(size) for size in loop.sizes]
+
+    def loop_mean_ms(step_of_photo) -> float | None:
+        # The loop's time for what the task did, over the photos whose canvas ran that task.
+        seconds = [step_of_photo(index) for index in range(len(loop.sizes))]
+        seconds = [value for value in seconds if value is not None]
+        return statistics.mean(seconds) * 1000 if seconds else None
+
+    def as_normalize(index: int) -> float:
+        steps = ["decode", "transpose", "save original", *made_by_normalize[index]]
+        return sum(loop.steps[step][index] for step in steps)
+
+    def own_task(name: str):
+        return lambda index: None if name in made_by_normalize[index] else loop.steps[name][index]
+
+    # (task as the durations name it, loop ms for the same files or None, the loop's step)
     rows = [
         (
             "media.normalize",
-            sum(loop_ms[step] for step in normalize_steps),
-            " + ".join(normalize_steps[:3])
-            + "".join(f" + resize, save {name}" for name in in_normalize),
-        ),
-        *(
-            (f"media.make_variant {spec.name}", None, "(found it made by normalize)")
-            if spec.name in in_normalize
-            else (
-                f"media.make_variant {spec.name}",
-                loop_ms[spec.name],
-                f"resize + save {spec.name}",
-            )
-            for spec in VARIANTS
-        ),
-        ("media.finalize", None, ""),
-        ("media.notify", None, ""),
-    ]
-    print("per step, mean ms per image (wall)")
-    print(f"{'':32}{'tasks':>7}{'pipeline':>10}{'loop':>9}   loop step")
-    pipeline_total = loop_total = 0.0
-    for step, loop_step_ms, loop_label in rows:
-        label = step + (
-            "".join(f" +{n}" for n in in_normalize) if step == "media.normalize" else ""
+            loop_mean_ms(as_normalize),
+            "decode + transpose + save original + resize, save what it makes",
         )
+    ]
+    for spec in VARIANTS:
+        task = f"media.make_variant {spec.name}"
+        rows.append((task, loop_mean_ms(own_task(spec.name)), f"resize + save {spec.name}"))
+        rows.append((task + FOUND_MADE, None, "(nothing: it finds its row)"))
+    rows += [("media.finalize", None, ""), ("media.notify", None, "")]
+    print("per step, mean ms per task (wall)")
+    print(f"{'':48}{'tasks':>7}{'pipeline':>10}{'loop':>9}   loop step")
+    pipeline_total = 0.0
+    for step, loop_step_ms, loop_label in rows:
         durations = by_step.pop(step, [])
-        pipeline_ms = statistics.mean(durations) * 1000 if durations else 0.0
-        pipeline_total += pipeline_ms
-        loop_total += loop_step_ms or 0.0
+        if not durations:
+            continue
+        pipeline_ms = statistics.mean(durations) * 1000
+        pipeline_total += pipeline_ms * len(durations) / count
         loop_cell = "-" if loop_step_ms is None else f"{loop_step_ms:.0f}"
-        print(f"{label:32}{len(durations):>7}{pipeline_ms:>10.0f}{loop_cell:>9}   {loop_label}")
+        print(f"{step:48}{len(durations):>7}{pipeline_ms:>10.0f}{loop_cell:>9}   {loop_label}")
     for step, durations in sorted(by_step.items()):  # a variant whose event never arrived
-        print(f"{step:32}{len(durations):>7}{statistics.mean(durations) * 1000:>10.0f}")
-    print(f"{'sum per image':32}{'':>7}{pipeline_total:>10.0f}{loop_total:>9.0f}")
+        print(f"{step:48}{len(durations):>7}{statistics.mean(durations) * 1000:>10.0f}")
+    loop_total = sum(statistics.mean(seconds) for seconds in loop.steps.values()) * 1000
+    print(f"{'sum per image':48}{'':>7}{pipeline_total:>10.0f}{loop_total:>9.0f}")
     print(
-        f"{'CPU per image':32}{'':>7}{pipeline.cpu_seconds / count * 1000:>10.0f}"
+        f"{'CPU per image':48}{'':>7}{pipeline.cpu_seconds / count * 1000:>10.0f}"
         f"{loop.cpu_seconds / count * 1000:>9.0f}"
     )
     loop_parts = ", ".join(
-        f"{step} {ms:.0f}"
-        for step, ms in loop_ms.items()
-        if step in ("decode", "transpose", "save original")
+        f"{step} {statistics.mean(loop.steps[step]) * 1000:.0f}"
+        for step in ("decode", "transpose", "save original")
     )
     print(f"loop's normalize: {loop_parts} ms")
     print("(wall times: on a busy machine a step also waits for a core, so they exceed CPU)")

@@ -104,8 +104,10 @@ def enqueue_retry(
 
 
 def task_kwargs(task: Task, args: tuple | list, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A call's arguments as keywords, the only kind an outbox row keeps: a task called with
-    positional ones (a canvas's `sig.si(upload_id)`) would otherwise run without them."""
+    """A call's arguments as keywords, the only kind an outbox row keeps. The project's
+    messages carry keywords only; a retry or dead letter of a message that carried positional
+    ones (a caller's `delay(upload_id)`, an earlier release's canvas) would otherwise run
+    without them."""
     return dict(inspect.signature(task.run).bind_partial(*args, **kwargs).arguments)
 
 

@@ -41,6 +41,15 @@ VARIANTS_BY_NAME = {spec.name: spec for spec in VARIANTS}
 # costs ~3x the CPU (bench/images.py). Variants are progressive: browsers show them early.
 ORIGINAL_JPEG = {"quality": 85, "optimize": True, "progressive": False}
 VARIANT_JPEG = {"quality": 85, "optimize": True, "progressive": True}
+# Up to this many pixels (a 3000 x 2000 photo), normalize makes every variant from the pixels it
+# holds. A task of its own costs a variant a message, a hand-off to a pool process and a database
+# transaction, ~5 ms of CPU, more than its reduced-scale decode saves on a small image: with
+# a task per variant, 2 MP photos went through two pool processes at only 1.17x the images per
+# second of one process making the same files in a loop (bench/images.py --photos small).
+# Above it, a variant's reduced-scale decode (1/2 to 1/8 of the pixels) is cheaper than
+# resizing the full image: on a 12 MP photo the `small` task took 30 ms, the same resize of the
+# held pixels 61 ms.
+IN_LINE_VARIANTS_MAX_PIXELS = 6_000_000
 # thumbnail()'s two-step resize: integer reduce() until the LANCZOS pass is at most 3x, which
 # Pillow documents as indistinguishable from a fair resampling in most cases.
 REDUCING_GAP = 3.0
@@ -112,9 +121,8 @@ class WrittenImage:
 
 def image_normalize(source: Path, folder: Path) -> dict[str, WrittenImage]:
     """Upright, metadata-free, 8-bit RGB(A) re-encode of the source as `folder/original.*`,
-    and, from the same pixels, the variants no reduced-scale decode of it could serve
-    (`variants_needing_every_pixel`). Returns what it wrote, by name ("original", then each
-    variant's).
+    and, from the same pixels, the variants `variants_made_by_normalize` gives it. Returns what
+    it wrote, by name ("original", then each variant's).
 
     EXIF orientation is applied to the pixels, then every piece of metadata (EXIF with its GPS
     position, XMP, ICC, comments) is dropped by re-encoding without it.
@@ -127,7 +135,7 @@ def image_normalize(source: Path, folder: Path) -> dict[str, WrittenImage]:
         clean = _as_rgb_or_rgba(image)
         clean.info.clear()  # some encoders copy metadata from .info unless told otherwise
         written = {"original": _save_atomically(clean, folder / "original", ORIGINAL_JPEG)}
-        for spec in variants_needing_every_pixel(clean.size):
+        for spec in variants_made_by_normalize(clean.size):
             written[spec.name] = _variant_write(clean, folder, spec)
         return written
 
@@ -153,16 +161,22 @@ def image_variant_make(original: Path, folder: Path, spec: VariantSpec) -> Writt
         return _variant_write(image, folder, spec, full_size=full_size, scale=scale)
 
 
-def variants_needing_every_pixel(size: tuple[int, int]) -> tuple[VariantSpec, ...]:
-    """The variants of a `size` image that no reduced-scale decode can serve.
+def variants_made_by_normalize(size: tuple[int, int]) -> tuple[VariantSpec, ...]:
+    """The variants of a `size` image that normalize makes from the pixels it holds; the
+    others are left to tasks of their own.
 
-    In a task of its own, such a variant would decode the whole original again, a decode
-    normalize has just paid for (a 2048 px variant of a 4000 px photo: 1/2 scale gives only
-    2000 px; the second decode was a sixth of the photo's CPU in bench/images.py). normalize
-    holds those pixels, so it makes them. A larger photo leaves them all to tasks of their
-    own, each decoding at 1/2 scale or less. (An original with transparency is a PNG, which
-    has no reduced-scale decode: its variants' tasks decode it whole, as they always did.)
+    Every variant of an image up to IN_LINE_VARIANTS_MAX_PIXELS: a task would cost it more
+    than it saves. Of a larger one, the variants no reduced-scale decode can serve: in a task
+    of its own, such a variant would decode the whole original again, a decode normalize has
+    just paid for (a 2048 px variant of a 4000 px photo: 1/2 scale gives only 2000 px; the
+    second decode was a sixth of the photo's CPU in bench/images.py). A 48 MP photo leaves all
+    four to tasks of their own, each decoding at 1/2 scale or less. (An original with
+    transparency is a PNG, which has no reduced-scale decode: its variants' tasks decode it
+    whole.) The rule is symmetric in width and height, so the size as stored and as shown
+    give the same answer.
     """
+    if size[0] * size[1] <= IN_LINE_VARIANTS_MAX_PIXELS:
+        return VARIANTS
     return tuple(spec for spec in VARIANTS if reduced_decode_scale(size, spec) == 1)
 
 

@@ -2,10 +2,12 @@
 
     normalize -> group(one task per variant) -> finalize    (finalize then enqueues notify)
 
-normalize also makes the variants that need every pixel of the original (for a 12 MP photo,
-`large`): it holds those pixels already, and their own tasks would decode them all again. Those
-tasks stay in the group and find their variant made: every message keeps the shape it had, so
-workers of the previous release and of this one run each other's canvases during a deploy.
+normalize makes the variants `variants_made_by_normalize` gives it: every variant of an image
+up to 6 MP, whose pipeline is then normalize alone (it finalizes the upload itself); of a larger
+one, those that need every pixel of the original (for a 12 MP photo, `large`): it holds those
+pixels already, and their own tasks would decode them all again. Their tasks stay in a canvas
+built before this rule (by a worker of the previous release during a deploy) and find their
+variant made, so workers of either release run each other's messages.
 
 Each step is idempotent: it writes deterministic paths (re-running rewrites the same files),
 records its result with an upsert, and guards its status transition, so a step delivered
@@ -46,6 +48,7 @@ from media.images import (
     image_header_read,
     image_normalize,
     image_variant_make,
+    variants_made_by_normalize,
 )
 from media.models import Upload, UploadVariant, processing_deadline
 
@@ -123,7 +126,7 @@ def upload_create(*, owner, file: UploadedFile) -> Upload:
             _storage_quota_check(owner=owner, size=file.size)
             _account_limits_spend(owner=owner, pixels=header.width * header.height)
             upload.save(force_insert=True)
-            _pipeline_enqueue(upload.pk)
+            _processing_enqueue(upload)
     except BaseException:
         shutil.rmtree(upload_folder(upload.pk), ignore_errors=True)
         raise
@@ -238,10 +241,28 @@ def _limit_reached(limit: _AccountLimit, *, retry_after: int) -> UploadRejected:
     )
 
 
-def _pipeline_enqueue(upload_id: UUID) -> None:
-    """Start the pipeline once the caller's transaction commits, durably: a canvas cannot go
-    through the outbox, so the outbox carries one small task that publishes it from a worker.
-    An upload accepted while the broker is down is processed when the broker is back."""
+def _processing_enqueue(upload: Upload) -> None:
+    """Process a new (or reset) upload once the caller's transaction commits, durably: an
+    upload accepted while the broker is down is processed when the broker is back. An image
+    whose variants normalize makes itself needs normalize alone, through the outbox; a larger
+    one needs a canvas, which cannot go through the outbox, so the outbox carries one small
+    task that publishes it from a worker."""
+    from media import tasks
+
+    if _normalize_finishes(upload):
+        enqueue(tasks.normalize, upload_id=str(upload.pk))
+    else:
+        _pipeline_start_enqueue(upload.pk)
+
+
+def _normalize_finishes(upload: Upload) -> bool:
+    # Its size as uploaded: the rule is the same for the upright size normalize will see.
+    return len(variants_made_by_normalize((upload.width, upload.height))) == len(VARIANTS)
+
+
+def _pipeline_start_enqueue(upload_id: UUID | str) -> None:
+    """Publish, from a worker, the canvas of what the upload still lacks, once the caller's
+    transaction commits."""
     from media import tasks
 
     enqueue(tasks.start_pipeline, upload_id=str(upload_id))
@@ -262,14 +283,21 @@ def upload_pipeline_start(*, upload_id: str) -> None:
     upload = Upload.objects.filter(pk=upload_id, status__in=UNFINISHED).first()
     if upload is None:
         return  # deleted, or finished by another run of its pipeline: nothing is missing
-    steps = [] if _normalized(upload) else [tasks.normalize.si(upload_id)]
     made = set(upload.variants.values_list("name", flat=True))
+    steps = []
+    if not _normalized(upload):
+        steps.append(tasks.normalize.si(upload_id=upload_id))
+        made |= {spec.name for spec in variants_made_by_normalize((upload.width, upload.height))}
     missing = [spec for spec in VARIANTS if spec.name not in made]
-    finalize = tasks.finalize.si(upload_id)
+    if steps and not missing:
+        steps[0].apply_async()  # normalize makes every variant, then finalizes the upload
+        return
+    finalize = tasks.finalize.si(upload_id=upload_id)
     if missing:
         # A chord: finalize runs once every variant task of the group has returned.
         finalize = chord(
-            group(tasks.make_variant.si(upload_id, spec.name) for spec in missing), finalize
+            group(tasks.make_variant.si(upload_id=upload_id, name=spec.name) for spec in missing),
+            finalize,
         )
     chain(*steps, finalize).apply_async()
 
@@ -297,7 +325,7 @@ def upload_pipeline_resume(*, upload_id: str) -> None:
             )
         )
         if resumed:
-            _pipeline_enqueue(upload_id)
+            _pipeline_start_enqueue(upload_id)
 
 
 def uploads_stalled_sweep() -> int:
@@ -340,7 +368,7 @@ def _upload_resume_or_fail(upload: Upload, *, why: str) -> None:
         # finalize, re-driven by a person, found a variant missing: processing again.
         resumed.update(status=Upload.Status.PROCESSING, error="")
     Upload.objects.filter(pk=upload.pk).update(**resumed, updated_at=timezone.now())
-    _pipeline_enqueue(upload.pk)
+    _pipeline_start_enqueue(upload.pk)
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -365,22 +393,27 @@ def upload_files_delete(*, upload_id: str) -> None:
 # --- pipeline steps -------------------------------------------------------------------------
 
 
-def upload_normalize(*, upload_id: str) -> None:
-    """Write the normalized original, and the variants that need every pixel of it."""
+def upload_normalize(*, upload_id: str) -> bool:
+    """Write the normalized original and the variants normalize makes; with every variant
+    made, mark the upload ready as it records them. True if nothing is left to run after it:
+    the upload is ready (or was deleted); False if its variants' tasks follow."""
     upload = _live_upload(upload_id)
     if upload is None:
-        return
+        return True
     Upload.objects.filter(pk=upload_id, status=Upload.Status.QUEUED).update(
         status=Upload.Status.PROCESSING, deadline=processing_deadline(), updated_at=timezone.now()
     )
     source = _source_path(upload_id)
     if not source.exists() and upload_file_path(upload_id, "original") is not None:
-        return  # redelivered after the source was already normalized and removed
+        # Redelivered after the source was normalized and removed: nothing left to make here.
+        return Upload.objects.filter(pk=upload_id, status=Upload.Status.READY).exists()
     written = image_normalize(source, upload_folder(upload_id))
     original = written.pop("original")
-    _step_record(
+    done = _step_record(
         upload_id=upload_id,
         variants=written,
+        # With every variant made here, ready at once: no finalize task follows.
+        finish=True,
         width=original.width,
         height=original.height,
         original_bytes=original.path.stat().st_size,
@@ -388,6 +421,7 @@ def upload_normalize(*, upload_id: str) -> None:
     # Only now: until the rows above are written, a rerun needs the source to start again.
     source.unlink(missing_ok=True)  # it still carries the GPS position
     _forget_files_if_deleted_meanwhile(upload_id)
+    return done is None or done == len(VARIANTS)
 
 
 def upload_variant_make(*, upload_id: str, name: str) -> None:
@@ -405,27 +439,38 @@ def upload_variant_make(*, upload_id: str, name: str) -> None:
 
 
 def _step_record(
-    *, upload_id: str, variants: dict[str, WrittenImage], **upload_fields: object
-) -> None:
-    """Record what a step wrote: the variants' rows (upserts), the upload's fields and its
-    progress, unless the upload was deleted while the step worked.
+    *,
+    upload_id: str,
+    variants: dict[str, WrittenImage],
+    finish: bool = False,
+    **upload_fields: object,
+) -> int | None:
+    """Record what a step wrote: the variants' rows (one upsert), the upload's fields and its
+    progress, unless the upload was deleted while the step worked; with `finish`, and every
+    variant recorded, mark it ready in the same transaction. Returns how many variants the
+    upload has, None if it is gone.
 
     The upload's row is locked first, so a DELETE waits for this transaction: the variant rows
     cannot lose their upload before they commit, which would fail the commit on their foreign
     key. (SQLite's IMMEDIATE transactions serialize writers the same way.)"""
     with transaction.atomic():
         if not Upload.objects.select_for_update().filter(pk=upload_id).values_list("pk"):
-            return  # deleted: the step's caller removes the files it wrote
-        for name, image in variants.items():
-            UploadVariant.objects.update_or_create(
-                upload_id=upload_id,
-                name=name,
-                defaults={
-                    "width": image.width,
-                    "height": image.height,
-                    "bytes": image.path.stat().st_size,
-                },
-            )
+            return None  # deleted: the step's caller removes the files it wrote
+        UploadVariant.objects.bulk_create(
+            [
+                UploadVariant(
+                    upload_id=upload_id,
+                    name=name,
+                    width=image.width,
+                    height=image.height,
+                    bytes=image.path.stat().st_size,
+                )
+                for name, image in variants.items()
+            ],
+            update_conflicts=True,
+            unique_fields=["upload", "name"],
+            update_fields=["width", "height", "bytes"],
+        )
         done = UploadVariant.objects.filter(upload_id=upload_id).count()
         progress = NORMALIZED_PROGRESS + (100 - NORMALIZED_PROGRESS - 1) * done // len(VARIANTS)
         Upload.objects.filter(pk=upload_id).update(
@@ -435,6 +480,9 @@ def _step_record(
             deadline=processing_deadline(),
             updated_at=timezone.now(),
         )
+        if finish and done == len(VARIANTS):
+            _upload_ready_mark(upload_id)
+    return done
 
 
 def upload_finalize(*, upload_id: str) -> bool:
@@ -444,8 +492,6 @@ def upload_finalize(*, upload_id: str) -> bool:
     Every variant exists when the chord calls this; one is missing only when this runs on its
     own (a retry from the outbox, a re-drive) after a variant's task was lost: the missing steps
     are published again, counted as a resume, so this never loops."""
-    from media import tasks
-
     with transaction.atomic():
         upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
         if upload is None or upload.status == Upload.Status.READY:
@@ -457,15 +503,30 @@ def upload_finalize(*, upload_id: str) -> bool:
         if missing:
             _upload_resume_or_fail(upload, why=f"variants {sorted(missing)} missing at finalize")
             return False
-        upload.status = Upload.Status.READY
-        upload.progress = 100
-        upload.error = ""
-        upload.ready_at = timezone.now()
-        upload.save(update_fields=["status", "progress", "error", "ready_at", "updated_at"])
+        return _upload_ready_mark(upload_id)
+
+
+def _upload_ready_mark(upload_id: str) -> bool:
+    """In the caller's transaction, with the upload's row locked and every variant recorded:
+    ready, and its announcement enqueued. False if it was ready already."""
+    from media import tasks
+
+    made_ready = (
+        Upload.objects.filter(pk=upload_id)
+        .exclude(status=Upload.Status.READY)
+        .update(
+            status=Upload.Status.READY,
+            progress=100,
+            error="",
+            ready_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+    )
+    if made_ready:
         # In the same transaction: the announcement cannot be lost between the two, as a chain's
         # next message can (its publish fails after this commits).
         enqueue(tasks.notify, upload_id=upload_id)
-    return True
+    return bool(made_ready)
 
 
 def upload_notify(*, upload_id: str) -> None:
@@ -501,7 +562,7 @@ def upload_reprocess(*, upload: Upload) -> None:
             updated_at=timezone.now(),
         )
         UploadVariant.objects.filter(upload=upload).delete()
-        _pipeline_enqueue(upload.pk)
+        _processing_enqueue(upload)
 
 
 def _forget_files_if_deleted_meanwhile(upload_id: str) -> None:

@@ -17,7 +17,7 @@ IO_TRANSIENT = RetryPolicy(transient=(OSError,), max_retries=3)
 
 def _fail_upload(task, error, task_id, args, kwargs, einfo) -> None:
     # Celery calls this once a step failed for good: the user sees why, in words.
-    upload_id = kwargs.get("upload_id", args[0] if args else None)
+    upload_id = kwargs.get("upload_id")
     if upload_id is not None:
         reason = str(error) if isinstance(error, ImageBroken) else "Processing failed; try again."
         services.upload_fail(upload_id=upload_id, reason=reason)
@@ -48,8 +48,8 @@ def _resume_if_outside_canvas(task: Task, upload_id: str) -> None:
 
 @shared_task(name="media.normalize", bind=True, **STEP)
 def normalize(self: Task, upload_id: str) -> None:
-    services.upload_normalize(upload_id=upload_id)
-    _resume_if_outside_canvas(self, upload_id)
+    if not services.upload_normalize(upload_id=upload_id):
+        _resume_if_outside_canvas(self, upload_id)
 
 
 # ignore_result=False: the chord counts its header's results to know when to call finalize.

@@ -56,7 +56,7 @@ def running(worker: WorkerProcess, task_name: str, upload_id: str) -> dict | Non
     pool process running it), or None."""
     replies = app.control.inspect(destination=[worker.name], timeout=1.0).active() or {}
     for request in replies.get(worker.name, []):
-        if request["name"] == task_name and request["args"][:1] == [upload_id]:
+        if request["name"] == task_name and request["kwargs"].get("upload_id") == upload_id:
             return request
     return None
 

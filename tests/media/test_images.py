@@ -20,7 +20,7 @@ from media.images import (
     image_header_read,
     image_normalize,
     image_variant_make,
-    variants_needing_every_pixel,
+    variants_made_by_normalize,
 )
 from tests.media.images_for_tests import (
     XMP_PACKET,
@@ -231,12 +231,13 @@ def test_every_variant_shows_what_a_plain_resize_of_every_pixel_shows(tmp_path):
     picture = gradient(2400, 1800)
     picture.paste((250, 250, 20), (1500, 400, 1900, 800))
     source = written(tmp_path, "s", encoded(picture, "JPEG", quality=95))
-    # when it is normalized (which, at 2400 px, makes large from the pixels it decoded) and
-    # every variant is made by a task of its own (from a draft decode at 1/2, 1/4 or 1/8)
+    # when it is normalized (which, at 4.3 MP, makes every variant from the pixels it decoded)
+    # and every variant is also made by a task of its own (from a draft decode at 1/2, 1/4 or
+    # 1/8, as for a larger image)
     outputs = image_normalize(source, tmp_path)
-    assert sorted(outputs) == ["large", "original"]
-    original = outputs["original"].path
-    made = [("large", outputs["large"].path)] + [
+    assert sorted(outputs) == ["large", "medium", "original", "small", "thumb"]
+    original = outputs.pop("original").path
+    made = [(name, image.path) for name, image in outputs.items()] + [
         (spec.name, image_variant_make(original, tmp_path / "own", spec).path) for spec in VARIANTS
     ]
     # then each is, pixel by pixel within a few levels, the plain Pillow resize of the whole
@@ -254,19 +255,25 @@ def test_every_variant_shows_what_a_plain_resize_of_every_pixel_shows(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("size", "needing_every_pixel"),
+    ("size", "made_by_normalize"),
     [
         # A 12 MP photo: 1/2 scale gives 2000 px, less than large's 2048.
         ((4000, 3000), ["large"]),
         ((3000, 4000), ["large"]),
         # 48 MP: large decodes at 1/2, the others at 1/4 or 1/8.
         ((8000, 6000), []),
-        ((1600, 1200), ["medium", "large"]),
+        # Just above the in-line limit: medium would decode at 1/2, thumb and small at 1/4 or less.
+        ((3001, 2000), ["large"]),
+        # Up to 6 MP, every variant: a task of its own would cost it more than it saves.
+        ((3000, 2000), ["thumb", "small", "medium", "large"]),
+        ((1600, 1200), ["thumb", "small", "medium", "large"]),
         ((100, 80), ["thumb", "small", "medium", "large"]),
     ],
 )
-def test_normalize_makes_the_variants_no_reduced_scale_decode_can_serve(size, needing_every_pixel):
-    assert [spec.name for spec in variants_needing_every_pixel(size)] == needing_every_pixel
+def test_normalize_makes_small_images_variants_and_those_no_reduced_scale_decode_can_serve(
+    size, made_by_normalize
+):
+    assert [spec.name for spec in variants_made_by_normalize(size)] == made_by_normalize
 
 
 # --- determinism (a redelivered step rewrites identical files) ---------------------------------

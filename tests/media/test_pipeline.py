@@ -1,6 +1,7 @@
 """An upload travels the canvas (normalize -> variants -> finalize -> notify) on a real worker."""
 
 import io
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -80,6 +81,46 @@ def test_an_exif_rotated_12mp_photo_comes_out_upright_without_gps_in_every_size(
     assert Upload.objects.get(pk=upload_id).status == Upload.Status.READY
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "steps"),
+    [
+        # Up to 6 MP, normalize makes every variant and finalizes: no canvas at all.
+        (1600, 1200, ["media.normalize", "media.notify"]),
+        # A 12 MP photo: normalize makes large; the other three are tasks of their own, in a chord.
+        (
+            4000,
+            3000,
+            ["media.start_pipeline", "media.normalize", *["media.make_variant"] * 3,
+             "media.finalize", "media.notify"],
+        ),
+    ],
+)  # fmt: skip
+def test_an_upload_runs_only_the_tasks_its_size_needs(
+    owner_client, no_worker_running, start_worker, width, height, steps
+):
+    # given a worker of its own, whose log holds this upload's tasks only
+    worker = start_worker(queues=["media"])
+    # when a photo is uploaded and processed
+    response = upload(owner_client, photo(width=width, height=height))
+    assert response.status_code == 202, response.content
+    upload_id = response.json()["id"]
+
+    def ready() -> dict | None:
+        body = owner_client.get(f"/api/v1/uploads/{upload_id}").json()
+        return body if body["status"] == "ready" else None
+
+    body = eventually(ready, timeout=60)
+    assert sorted(body["variants"]) == ["large", "medium", "small", "thumb"]
+
+    # then these tasks ran, each once, and no other
+    def ran() -> list[str] | None:
+        log = worker.logfile.read_text(errors="replace")
+        names = re.findall(r"task=(\S+) id=\S+ attempt=1 \S+ outcome=success", log)
+        return names if "media.notify" in names else None
+
+    assert sorted(eventually(ran, timeout=30)) == sorted(steps)
+
+
 def test_an_upload_accepted_while_the_broker_is_down_is_processed_once_it_is_back(
     owner_client, celery_worker, redis_server
 ):
@@ -90,9 +131,10 @@ def test_an_upload_accepted_while_the_broker_is_down_is_processed_once_it_is_bac
     redis_server.stop()
     # when a photo is uploaded
     response = upload(owner_client, photo(width=800, height=600))
-    # then it is accepted, its pipeline waiting in the outbox rather than lost
+    # then it is accepted, its processing waiting in the outbox rather than lost (a photo this
+    # small is normalize alone, which makes every variant)
     assert response.status_code == 202, response.content
-    assert OutboxMessage.objects.filter(task_name="media.start_pipeline").get().status == "pending"
+    assert OutboxMessage.objects.filter(task_name="media.normalize").get().status == "pending"
     # when the broker comes back (empty) and the relay runs, as beat makes it every few seconds
     redis_server.start()
     publish_circuit.record_success()

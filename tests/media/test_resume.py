@@ -63,8 +63,9 @@ def announced(upload_id: str) -> int:
 
 
 def starts(upload_id: str) -> int:
-    """Pipeline starts published for the upload: its first, and one per resume."""
-    rows = OutboxMessage.objects.filter(task_name="media.start_pipeline")
+    """Processing starts published for the upload: its first (normalize itself for an image it
+    processes alone, start_pipeline for the others), and one start_pipeline per resume."""
+    rows = OutboxMessage.objects.filter(task_name__in=["media.start_pipeline", "media.normalize"])
     return sum(row.kwargs == {"upload_id": upload_id} for row in rows)
 
 
@@ -88,7 +89,8 @@ def test_the_sweep_leaves_a_progressing_upload_and_a_finished_one_alone(celery_w
     body = wait_until_done(client, upload_id, timeout=60)
     assert body["status"] == "ready", body
     assert Upload.objects.get(pk=upload_id).resumes == 0
-    # and its steps, run in their canvas, published nothing more: one start, announced once
+    # and its step, which made every variant and finalized it, published nothing more: one
+    # start, announced once
     eventually(lambda: announced(upload_id) == 1)
     assert starts(upload_id) == 1
     # when the sweep runs past its deadline
@@ -102,7 +104,7 @@ def test_the_sweep_leaves_a_progressing_upload_and_a_finished_one_alone(celery_w
 def last_variant_running(worker: WorkerProcess, upload_id: str) -> bool:
     done = made(upload_id)
     active = running(worker, "media.make_variant", upload_id)
-    return len(done) == 3 and active is not None and active["args"][1] not in done
+    return len(done) == 3 and active is not None and active["kwargs"]["name"] not in done
 
 
 def test_a_chord_callback_lost_in_a_redis_outage_is_published_by_the_sweep(
@@ -214,7 +216,9 @@ def test_a_redriven_variant_resumes_the_rest_of_the_pipeline(no_worker_running, 
     # when the file is back and a person re-drives one of them, thumb's
     aside.rename(original)
     letters = DeadLetter.objects.filter(task_name="media.make_variant")
-    thumb = next(letter for letter in letters if letter.args == [upload_id, "thumb"])
+    thumb = next(
+        letter for letter in letters if letter.kwargs == {"upload_id": upload_id, "name": "thumb"}
+    )
     dead_letter_redrive(dead_letter_id=thumb.pk, by="ops@example.com")
     # then thumb is made, and the variants whose letters nobody re-drove, and finalize: ready
     body = reaches(client, upload_id, "ready")
@@ -228,13 +232,15 @@ def test_a_redriven_finalize_publishes_the_variant_it_lacks_and_ends_ready(
     # given an upload with three of its four variants, whose finalize failed for good (its
     # database unreachable, say) and which was failed for it
     client = owner()
-    upload_id = upload_photo(client)  # 1600 px: normalize makes medium and large
+    upload_id = upload_photo(client, width=4000, height=3000)  # normalize makes large
     upload_normalize(upload_id=upload_id)
     upload_variant_make(upload_id=upload_id, name="small")
+    upload_variant_make(upload_id=upload_id, name="medium")
     assert made(upload_id) == {"small", "medium", "large"}
     error = OperationalError("could not connect to server")
-    letter = dead_letter_record(task_name="media.finalize", task_id="finalize-1", args=[upload_id],
-                                kwargs={}, queue="media", error=error, attempts=1)  # fmt: skip
+    letter = dead_letter_record(task_name="media.finalize", task_id="finalize-1", args=[],
+                                kwargs={"upload_id": upload_id}, queue="media", error=error,
+                                attempts=1)  # fmt: skip
     upload_fail(upload_id=upload_id, reason="Processing failed; try again.")
     # and a worker, which finds the upload's queued pipeline start and, the upload failed, publishes
     # nothing

@@ -370,7 +370,7 @@ def test_a_truncated_jpeg_is_accepted_then_fails_once_with_a_reason_and_no_retry
     (letter,) = [
         letter
         for letter in DeadLetter.objects.filter(task_name="media.normalize")
-        if letter.args == [upload_id]
+        if letter.kwargs == {"upload_id": upload_id}
     ]
     assert letter.attempts == 1
     assert letter.exception_class == "media.images.ImageBroken"
@@ -382,7 +382,11 @@ def test_a_truncated_jpeg_is_accepted_then_fails_once_with_a_reason_and_no_retry
 
     assert eventually(outcomes) == [("1", "failure")]
     # and no later step ran for it
-    letters = [letter.task_name for letter in DeadLetter.objects.all() if upload_id in letter.args]
+    letters = [
+        letter.task_name
+        for letter in DeadLetter.objects.all()
+        if letter.kwargs.get("upload_id") == upload_id
+    ]
     assert letters == ["media.normalize"]
     assert not UploadVariant.objects.filter(upload_id=upload_id).exists()
 
