@@ -5,9 +5,9 @@ glibc's malloc serves each allocation from 128 KiB up with its own mmap and unma
 it raises that threshold after the first large free, yet a pool process still got most of its
 image buffers as fresh pages: in bench/images.py a pool process faulted in ~4,800 pages (19 MB)
 for each 2 MP photo, and the same code looping in one process none. On a VM those faults cost
-about a fifth of an image's CPU. With both thresholds fixed, a freed buffer stays in the heap and
-the next task's image reuses it: ~50 faults per photo, and CPU per image down by 15-20 % for 2 MP
-and 12 MP photos alike.
+a tenth to a fifth of an image's CPU. With both thresholds fixed, a freed buffer stays in the heap
+and the next task's image reuses it: ~70 faults per photo, and the pipeline's CPU per image fell
+by 10-20 % for 2 MP and 12 MP photos alike.
 
 What it costs: a pool process keeps up to TRIM_THRESHOLD_BYTES of freed memory at the top of its
 heap rather than returning it; CELERY_WORKER_MAX_MEMORY_PER_CHILD still replaces a process that

@@ -124,7 +124,11 @@ def test_a_chord_callback_lost_in_a_redis_outage_is_published_by_the_sweep(
     kill_worker_and_its_pool(first)
     second = start_worker(queues=["media"])
     # then the chord never calls finalize: every variant is made, and the upload still processing
-    assert Upload.objects.get(pk=upload_id).status == Upload.Status.PROCESSING
+    upload = Upload.objects.get(pk=upload_id)
+    assert upload.status == Upload.Status.PROCESSING, (
+        upload.error,
+        first.logfile.read_text(errors="replace")[-6000:],
+    )
     # and the sweep leaves it alone while its deadline is ahead
     assert uploads_stalled_sweep() == 0
     # when its deadline passes and the sweep runs
