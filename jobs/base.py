@@ -92,6 +92,7 @@ class PlatformTask(DjangoTask):
             )
             self._dead_letter(args, kwargs, error, attempt)
             self._log_outcome("failure", started, attempt, error)
+            request.failed_for_good = True
             raise error  # acknowledged as a failure: the message is not requeued again
         try:
             result = super().__call__(*args, **kwargs)
@@ -138,6 +139,7 @@ class PlatformTask(DjangoTask):
                     raise Ignore() from error
             self._dead_letter(args, kwargs, error, attempt)
             self._log_outcome("failure", started, attempt, error)
+            request.failed_for_good = True
             raise
         if counted:
             self._forget_deliveries(delivery_key)
@@ -198,6 +200,14 @@ class PlatformTask(DjangoTask):
             line += f" retry_in_s={wait:.2f}"
         level = logging.INFO if outcome in {"success", "retry", "ignore"} else logging.WARNING
         logger.log(level, line)
+
+
+def failed_for_good(task: PlatformTask, error: BaseException) -> bool:
+    """For a task's `on_failure`: whether the run failed for good, dead-lettered (its body
+    raised, past its retries, or it hit its hard time limit). Celery also calls `on_failure`
+    for a run whose body returned, when storing its result failed (the result backend's Redis
+    down at that moment): the work is done, and nothing about it failed for good."""
+    return isinstance(error, TimeLimitExceeded) or getattr(task.request, "failed_for_good", False)
 
 
 def deliveries_counted(request) -> bool:

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from celery import Task, shared_task
 
+from jobs.base import failed_for_good
 from jobs.periodic import PeriodicJob, periodic_job_register
 from jobs.retry import RetryPolicy
 from media import services
@@ -16,9 +17,11 @@ IO_TRANSIENT = RetryPolicy(transient=(OSError,), max_retries=3)
 
 
 def _fail_upload(task, error, task_id, args, kwargs, einfo) -> None:
-    # Celery calls this once a step failed for good: the user sees why, in words.
+    # Once a step failed for good, the user sees why, in words. Not when only its result could
+    # not be stored (a chord member's, with Redis down): its work is done and recorded, and the
+    # sweep finishes the upload if the chord cannot.
     upload_id = kwargs.get("upload_id")
-    if upload_id is not None:
+    if upload_id is not None and failed_for_good(task, error):
         reason = str(error) if isinstance(error, ImageBroken) else "Processing failed; try again."
         services.upload_fail(upload_id=upload_id, reason=reason)
 

@@ -26,7 +26,7 @@ from media.services import (
     upload_variant_make,
     uploads_stalled_sweep,
 )
-from media.tasks import maintenance_uploads_sweep
+from media.tasks import maintenance_uploads_sweep, make_variant
 from tests.media.images_for_tests import encoded, gradient
 from tests.media.test_crash_safety import (
     assert_complete_once,
@@ -143,6 +143,30 @@ def test_a_chord_callback_lost_in_a_redis_outage_is_published_by_the_sweep(
     log = second.logfile.read_text(errors="replace")
     assert "task=media.finalize" in log
     assert "task=media.normalize" not in log and "task=media.make_variant" not in log
+
+
+def test_a_step_whose_result_cannot_be_stored_leaves_its_upload_to_finish_not_failed(
+    no_worker_running, start_worker, redis_server
+):
+    # given a normalized 12 MP upload whose other messages are gone
+    client = owner()
+    upload_id = upload_photo(client, width=4000, height=3000)
+    upload_normalize(upload_id=upload_id)
+    app.control.purge()
+    # and a worker whose result backend fails the first store of a success (a Redis blip as a
+    # step ends), which Celery then reports as the task's failure, calling its on_failure
+    backend = f"tests.worker_tasks.backends:FirstSuccessStoreFailsBackend+{redis_server.url}"
+    worker = start_worker(
+        queues=["media"], concurrency=1, extra_env={"CELERY_RESULT_BACKEND": backend}
+    )
+    # when a variant's step runs, its work done and recorded
+    make_variant.delay(upload_id=upload_id, name="thumb")
+    eventually(lambda: "thumb" in made(upload_id), timeout=30)
+    eventually(lambda: "raised unexpected" in worker.logfile.read_text(errors="replace"))
+    # then the upload is not failed for a result nobody needed: its pipeline carries on
+    body = reaches(client, upload_id, "ready")
+    assert body["error"] == "" and sorted(body["variants"]) == VARIANT_NAMES
+    assert not DeadLetter.objects.filter(task_name="media.make_variant").exists()
 
 
 def test_a_step_whose_retry_waited_in_the_outbox_still_runs_the_rest_of_the_pipeline(
