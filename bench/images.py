@@ -2,12 +2,13 @@
 
 Starts its own redis-server, database (a SQLite file in a temporary folder, or DATABASE_URL),
 MEDIA_ROOT (a temporary folder) and one `celery worker -Q media` with two pool processes, then
-prints one table: images per second and CPU seconds per image of
+prints, for each kind of photo, a table: images per second and CPU seconds per image of
 
   1. the project's path: `media.services.upload_create()` for every photo in one transaction,
-     each publishing its canvas (normalize, which also makes the variants that need every
-     pixel -> group(one task per variant; those find their variant made) -> finalize ->
-     notify) on commit, until every upload is ready;
+     each publishing its processing on commit (up to 6 MP normalize alone, which makes every
+     variant; a larger photo its canvas: normalize, which also makes the variants that need
+     every pixel -> group of the other variants' tasks -> finalize), then notify, until every
+     upload is ready;
   2. a plain one-process Pillow loop making the same files: each photo decoded once, made
      upright, saved as the normalized original, then resized to the four variants;
 
