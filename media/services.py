@@ -255,9 +255,13 @@ def _processing_enqueue(upload: Upload) -> None:
         _pipeline_start_enqueue(upload.pk)
 
 
-def _normalize_finishes(upload: Upload) -> bool:
+def _made_by_normalize(upload: Upload) -> set[str]:
     # Its size as uploaded: the rule is the same for the upright size normalize will see.
-    return len(variants_made_by_normalize((upload.width, upload.height))) == len(VARIANTS)
+    return {spec.name for spec in variants_made_by_normalize((upload.width, upload.height))}
+
+
+def _normalize_finishes(upload: Upload) -> bool:
+    return len(_made_by_normalize(upload)) == len(VARIANTS)
 
 
 def _pipeline_start_enqueue(upload_id: UUID | str) -> None:
@@ -274,10 +278,11 @@ def upload_pipeline_start(*, upload_id: str) -> None:
     Publishing it twice (a redelivered start) runs idempotent steps twice: the same files, rows
     and status.
 
-    A plain publish, not `enqueue`: a canvas cannot ride the outbox, and this runs in a worker,
-    outside any transaction, from a task the outbox delivered. If the broker fails here, that
-    task fails and is dead-lettered; re-driving it publishes the canvas again, and so does the
-    sweep once the upload's deadline has passed."""
+    An image that normalize processes alone gets normalize through the outbox, like any single
+    task. A canvas is a plain publish, not `enqueue`: it cannot ride the outbox, and this runs in
+    a worker, outside any transaction, from a task the outbox delivered. If the broker fails
+    here, that task fails and is dead-lettered; re-driving it publishes the canvas again, and so
+    does the sweep once the upload's deadline has passed."""
     from media import tasks
 
     upload = Upload.objects.filter(pk=upload_id, status__in=UNFINISHED).first()
@@ -286,12 +291,13 @@ def upload_pipeline_start(*, upload_id: str) -> None:
     made = set(upload.variants.values_list("name", flat=True))
     steps = []
     if not _normalized(upload):
+        if _normalize_finishes(upload):
+            # No canvas: normalize makes every variant, then marks the upload ready.
+            enqueue(tasks.normalize, upload_id=upload_id)
+            return
         steps.append(tasks.normalize.si(upload_id=upload_id))
-        made |= {spec.name for spec in variants_made_by_normalize((upload.width, upload.height))}
+        made |= _made_by_normalize(upload)
     missing = [spec for spec in VARIANTS if spec.name not in made]
-    if steps and not missing:
-        steps[0].apply_async()  # normalize makes every variant, then finalizes the upload
-        return
     finalize = tasks.finalize.si(upload_id=upload_id)
     if missing:
         # A chord: finalize runs once every variant task of the group has returned.
