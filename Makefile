@@ -7,8 +7,15 @@ PYTHON := $(VENV)/bin/python
 run:
 	scripts/run.sh
 
+# The tests whose outcome depends on the broker: the job platform and the flows users see (the
+# signup email and its outages, the upload pipeline). `make test` runs everything on Redis, then
+# these again on RabbitMQ.
+BROKER_TESTS := tests/jobs tests/accounts/test_email_flow.py tests/accounts/test_outages.py \
+	tests/media/test_pipeline.py
+
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	TEST_BROKER=rabbitmq $(PYTHON) -m pytest $(BROKER_TESTS) $(PYTEST_ARGS)
 
 setup:
 	scripts/setup.sh

@@ -73,10 +73,15 @@ def database_given() -> bool:
 
 
 def django_setup(
-    *, redis_url: str, workdir: Path, environment: dict[str, str] | None = None
+    *,
+    redis_url: str,
+    workdir: Path,
+    environment: dict[str, str] | None = None,
+    broker_url: str | None = None,
 ) -> None:
-    """Point this process and every process it starts at the private Redis and the database,
-    migrate that database, and set Django up in this process.
+    """Point this process and every process it starts at the private Redis (the broker too,
+    unless `broker_url` names another) and the database, migrate that database, and set Django
+    up in this process.
 
     Set, not defaulted: a developer's .env must not send the benchmark to real services. Only
     DATABASE_URL comes from the shell, to benchmark PostgreSQL. `environment` adds what one
@@ -88,7 +93,7 @@ def django_setup(
         {
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": redis_url,
+            "CELERY_BROKER_URL": broker_url or redis_url,
             "CELERY_RESULT_BACKEND": redis_url,
             "DATABASE_URL": os.environ.get("DATABASE_URL")
             or f"sqlite:///{workdir / 'bench.sqlite3'}",

@@ -38,3 +38,13 @@ def noop_plain_celery_late_ack(run: str, enqueued_at: float) -> None:
     """The same on Celery's own Task with late ack, as the platform's idempotent tasks are
     acknowledged: what the platform adds beyond the acknowledgement's timing."""
     _started(run, enqueued_at)
+
+
+@shared_task(name="bench.hold", bind=True, idempotent=True)
+def hold(self, run: str, key: str, seconds: float) -> None:
+    """Say which worker started it and when (a list per run: "<hostname> <started_at>"), then
+    hold its pool process while `key` exists, for at most `seconds`."""
+    redis_client().rpush(f"bench:{run}", f"{self.request.hostname} {time.time()!r}")
+    deadline = time.monotonic() + seconds
+    while redis_client().exists(key) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -177,15 +177,30 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 # separately, and equal values mean no part of the system assumes another redelivery window.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
-    # Bounded connects: a request that publishes never hangs on a dead broker.
+    # Bounded connects: a request that publishes never hangs on a dead broker (Redis).
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
+    # RabbitMQ: publisher confirms, so a publish returns only once the broker stored the message
+    # (in its quorum queue, on disk); without them a publish "succeeds" into a dying broker.
+    "confirm_publish": True,
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 # On Redis, each worker holds a lease and records the messages it takes, so the tasks of a worker
 # killed whole run again within seconds; the visibility timeout remains for messages no worker
 # recorded (jobs/recovery.py). On other brokers this is Celery's own consumer.
 CELERY_WORKER_CONSUMER = "jobs.recovery:LeasedConsumer"
+
+# RabbitMQ: AMQP heartbeats every 10 s, so a worker whose host vanished without closing its
+# connection (a cut cable, a frozen VM) is dropped by the broker within about 20 s and its
+# unacknowledged messages go to other workers; a process that dies closes its connection, and
+# its messages come back at once. (Redis has no heartbeats: jobs/recovery.py does this there.)
+CELERY_BROKER_HEARTBEAT = env.int("CELERY_BROKER_HEARTBEAT", default=10)
+# RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged longer than the
+# server's `consumer_timeout` (30 min by default), and the message runs again elsewhere. With late
+# acks a delivery is held while its task runs and while it waits, prefetched, for a pool process
+# running another task: up to two hard time limits. A system check compares this value, which
+# must be the server's (rabbitmq.conf, set in the compose file), with the time limits.
+RABBITMQ_CONSUMER_TIMEOUT_SECONDS = env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800)
 
 # JSON only: pickle would let anyone who can write to the broker run code in the workers.
 CELERY_TASK_SERIALIZER = "json"

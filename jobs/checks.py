@@ -39,6 +39,47 @@ def visibility_timeout_outlasts_countdowns(app_configs, **kwargs) -> list[Error]
     return errors
 
 
+@register()
+def rabbitmq_consumer_timeout_outlasts_held_deliveries(app_configs, **kwargs) -> list[Error]:
+    # RabbitMQ cancels a consumer holding a delivery unacknowledged past its consumer_timeout,
+    # and the task runs a second time elsewhere. With late acks a delivery is held while its task
+    # runs, and before that while it waits prefetched behind another task: two time limits.
+    from jobs.brokers import broker_is_rabbitmq
+
+    if not broker_is_rabbitmq():
+        return []
+    timeout = settings.RABBITMQ_CONSUMER_TIMEOUT_SECONDS
+    return [
+        Error(
+            f"{name}: twice its time limit ({2 * limit:g}s) must be shorter than "
+            f"RABBITMQ_CONSUMER_TIMEOUT_SECONDS ({timeout}s, the server's consumer_timeout): "
+            "RabbitMQ would hand a task still running or waiting to a second worker.",
+            id="jobs.E005",
+        )
+        for name, limit in _time_limits()
+        if 2 * limit >= timeout
+    ]
+
+
+@register()
+def platform_dead_letters_a_poison_message_before_rabbitmq(app_configs, **kwargs) -> list[Error]:
+    # Past its delivery limit RabbitMQ moves a message aside with nothing but its body; the
+    # platform's own dead letter says which task killed its worker, and must come first.
+    from jobs.brokers import BROKER_DELIVERY_LIMIT, BROKER_DELIVERY_LIMIT_MARGIN
+
+    if settings.JOBS_MAX_DELIVERIES + BROKER_DELIVERY_LIMIT_MARGIN <= BROKER_DELIVERY_LIMIT:
+        return []
+    most = BROKER_DELIVERY_LIMIT - BROKER_DELIVERY_LIMIT_MARGIN
+    return [
+        Error(
+            f"JOBS_MAX_DELIVERIES ({settings.JOBS_MAX_DELIVERIES}) must be at most {most}: "
+            f"RabbitMQ's quorum queues dead-letter a message after {BROKER_DELIVERY_LIMIT} "
+            "returns, before the platform could record it (jobs/brokers.py).",
+            id="jobs.E006",
+        )
+    ]
+
+
 def _project_tasks() -> dict:
     """Every registered task, each app's tasks.py imported first."""
     from config.celery import app

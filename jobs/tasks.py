@@ -5,7 +5,8 @@ from celery.schedules import crontab
 from celery.signals import worker_ready
 from django.conf import settings
 
-from jobs import idempotency, outbox
+from config.celery import app
+from jobs import brokers, idempotency, outbox
 from jobs.periodic import PeriodicJob, periodic_job_register
 
 
@@ -22,6 +23,21 @@ def maintenance_outbox_prune() -> int:
 @shared_task(name="jobs.maintenance_idempotency_keys_prune", idempotent=True)
 def maintenance_idempotency_keys_prune() -> int:
     return idempotency.idempotency_keys_prune()
+
+
+@shared_task(name="jobs.maintenance_broker_dead_letters_collect", idempotent=True, expires=50)
+def maintenance_broker_dead_letters_collect() -> int:
+    with app.connection_for_write() as connection:
+        return brokers.broker_dead_letters_collect(connection)
+
+
+@worker_ready.connect
+def declare_the_broker_dead_letter_queue(sender, **kwargs) -> None:
+    # Before any message can be returned often enough to be dead-lettered: a dead letter sent to
+    # an exchange with no queue bound would be dropped.
+    if brokers.broker_is_rabbitmq():
+        with app.connection_for_write() as connection:
+            brokers.dead_letter_queue_declare(connection)
 
 
 @worker_ready.connect
@@ -60,3 +76,13 @@ periodic_job_register(
         expires_seconds=3600,
     )
 )
+if brokers.broker_is_rabbitmq():
+    periodic_job_register(
+        PeriodicJob(
+            name="jobs.broker_dead_letters_collect",
+            task=maintenance_broker_dead_letters_collect.name,
+            # A message RabbitMQ gave up on shows in the admin within a minute.
+            schedule=timedelta(minutes=1),
+            expires_seconds=50,
+        )
+    )

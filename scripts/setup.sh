@@ -11,6 +11,7 @@ PYTHON=${PYTHON:-python3}
 # Debian package -> why the project needs it.
 declare -A SYSTEM_PACKAGES=(
     [redis-server]="the default broker, and the tests' private broker"
+    [rabbitmq-server]="the other broker: the tests run the broker-dependent suite on a private node"
     [libpango-1.0-0]="WeasyPrint renders the PDF reports with Pango"
     [libpangoft2-1.0-0]="WeasyPrint's font handling"
     [libharfbuzz-subset0]="WeasyPrint embeds font subsets in PDFs"
@@ -29,7 +30,7 @@ if command -v dpkg-query >/dev/null; then
         missing+=("python3-venv")
     fi
 elif ! command -v redis-server >/dev/null; then
-    echo "Not a Debian/Ubuntu machine: install redis-server, Pango and HarfBuzz by hand." >&2
+    echo "Not a Debian/Ubuntu machine: install redis-server, rabbitmq-server, Pango and HarfBuzz by hand." >&2
     exit 1
 fi
 

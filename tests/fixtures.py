@@ -1,4 +1,5 @@
-"""Fixtures every test module may use: `redis_server`, `celery_worker`, `start_worker`."""
+"""Fixtures every test module may use: `redis_server`, `broker_server`, `celery_worker`,
+`start_worker`."""
 
 from collections.abc import Callable, Iterator
 
@@ -6,8 +7,16 @@ import pytest
 
 from config.celery import app
 from jobs.redis import redis_circuit
-from tests.harness import REDIS_PORT, SESSION_DIR, SMTP_PORT
-from tests.services import BeatProcess, ProjectProcess, RedisServer, WebProcess, WorkerProcess
+from tests.harness import RABBITMQ_PORT, REDIS_PORT, SESSION_DIR, SMTP_PORT, TEST_BROKER
+from tests.services import (
+    BeatProcess,
+    FlowerProcess,
+    ProjectProcess,
+    RabbitMQServer,
+    RedisServer,
+    WebProcess,
+    WorkerProcess,
+)
 from tests.smtp import SmtpServer
 
 
@@ -16,6 +25,19 @@ def redis_server() -> Iterator[RedisServer]:
     """The session's private Redis (broker, result backend, platform keys). Always running at
     the start of each test; a test that stops it gets it restarted afterwards."""
     server = RedisServer(port=REDIS_PORT, workdir=SESSION_DIR / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_server(redis_server: RedisServer) -> Iterator[RedisServer | RabbitMQServer]:
+    """The session's broker (TEST_BROKER): the private Redis itself, or a private RabbitMQ node.
+    Running and empty at the start of each test; a test that stops it gets it restarted."""
+    if TEST_BROKER == "redis":
+        yield redis_server
+        return
+    server = RabbitMQServer(port=RABBITMQ_PORT, workdir=SESSION_DIR / "rabbitmq")
     server.start()
     yield server
     server.stop()
@@ -58,6 +80,15 @@ def _redis_running_and_empty(redis_server: RedisServer) -> None:
     redis_circuit.close()
 
 
+@pytest.fixture(autouse=True)
+def _broker_running_and_empty(
+    broker_server: RedisServer | RabbitMQServer, _redis_running_and_empty: None
+) -> None:
+    if not broker_server.running:
+        broker_server.start()
+    broker_server.forget_all_messages()
+
+
 # The one shared worker, started by the first test that needs it and kept for the session
 # (starting a prefork worker costs seconds).
 _SHARED_WORKER = WorkerProcess(logdir=SESSION_DIR / "processes")
@@ -78,7 +109,7 @@ def no_worker_running() -> None:
 
 @pytest.fixture
 def celery_worker(
-    transactional_db, _session_worker: WorkerProcess, _redis_running_and_empty: None
+    transactional_db, _session_worker: WorkerProcess, _broker_running_and_empty: None
 ) -> WorkerProcess:
     """A real worker consuming every queue, as a separate process.
 
@@ -113,6 +144,12 @@ def start_worker(transactional_db) -> Iterator[Callable[..., WorkerProcess]]:
 def start_beat(transactional_db) -> Iterator[Callable[..., BeatProcess]]:
     """Start `celery beat` processes, stopped after the test."""
     yield from _processes_stopped_after_the_test(BeatProcess)
+
+
+@pytest.fixture
+def start_flower(transactional_db) -> Iterator[Callable[..., FlowerProcess]]:
+    """Start Flower as the Procfile does, stopped after the test."""
+    yield from _processes_stopped_after_the_test(FlowerProcess)
 
 
 @pytest.fixture

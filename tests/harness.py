@@ -1,14 +1,21 @@
-"""The test harness: a private Redis and a real Celery worker, shared by every test module.
+"""The test harness: a private Redis, a private RabbitMQ node when it is the broker, and a real
+Celery worker, shared by every test module.
 
 Loaded as a plugin (`-p tests.harness` in pyproject.toml) rather than from conftest.py because
 it must set the environment before pytest-django imports the settings: the whole suite, the
-worker subprocess included, talks to a Redis on a free port that this session owns, never to
-whatever runs on 6379.
+worker subprocess included, talks to servers on free ports that this session owns, never to
+whatever runs on 6379 or 5672.
+
+TEST_BROKER picks the broker: `redis` (the default, the session's Redis) or `rabbitmq` (a node
+of the session's own; Redis still holds the platform's keys). `make test` runs the suite on
+Redis, then the broker-dependent tests again on RabbitMQ.
 """
 
 import os
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from tests.processes import free_port
 
@@ -16,12 +23,19 @@ SESSION_DIR = Path(tempfile.mkdtemp(prefix="celery-saas-tests-"))
 REDIS_PORT = free_port()
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 SMTP_PORT = free_port()
+TEST_BROKER = os.environ.get("TEST_BROKER", "redis")
+if TEST_BROKER not in {"redis", "rabbitmq"}:
+    raise SystemExit(f"TEST_BROKER must be redis or rabbitmq, not {TEST_BROKER!r}")
+RABBITMQ_PORT = free_port()
+BROKER_URL = (
+    f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//" if TEST_BROKER == "rabbitmq" else REDIS_URL
+)
 
 # Forced, not defaulted: a developer's .env or shell must not point the tests at real services.
 os.environ.update(
     {
         "REDIS_URL": REDIS_URL,
-        "CELERY_BROKER_URL": REDIS_URL,
+        "CELERY_BROKER_URL": BROKER_URL,
         "CELERY_RESULT_BACKEND": REDIS_URL,
         "MEDIA_ROOT": str(SESSION_DIR / "media"),
         "STATIC_ROOT": str(SESSION_DIR / "static"),
@@ -43,5 +57,11 @@ os.environ.update(
 )
 
 (SESSION_DIR / "static").mkdir()
+
+
+def only_on_broker(broker: str, why: str) -> pytest.MarkDecorator:
+    """Marks a test of what one broker does (`why`), skipped when the session runs the other."""
+    return pytest.mark.skipif(TEST_BROKER != broker, reason=f"{broker} only: {why}")
+
 
 pytest_plugins = ["tests.fixtures"]

@@ -1,6 +1,7 @@
 """Real processes the tests start and stop: a private redis-server, Celery workers and beats,
 and the web server."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,10 +10,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import amqp
 import redis
 from django.conf import settings
 from kombu.exceptions import OperationalError
@@ -89,6 +91,45 @@ class RedisServer(processes.RedisServer):
         # This process saw Redis fail while it was stopped; it answers again, now.
         redis_circuit.close()
         return self
+
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting in `queue` (kombu's Redis transport keeps a queue as a list)."""
+        return self.client().llen(queue)
+
+    def forget_all_messages(self) -> None:
+        """Nothing to do: `forget_all_but_bindings`, before every test, took the messages too."""
+
+
+class RabbitMQServer(processes.RabbitMQServer):
+    """The session's private RabbitMQ node (tests/processes.py), when it is the broker."""
+
+    def queue_length(self, queue: str) -> int:
+        """Messages ready in `queue` (not those a worker holds); 0 for a queue not declared yet."""
+        with self._connection() as connection:
+            try:
+                return connection.channel().queue_declare(queue, passive=True).message_count
+            except amqp.exceptions.NotFound:
+                return 0
+
+    def forget_all_messages(self) -> None:
+        """Empty the work queues, the dead-letter queue and the delayed-delivery queues, so each
+        test starts clean. Queues no process declared yet are skipped."""
+        from jobs.brokers import DEAD_LETTER_QUEUE
+
+        delayed = [f"celery_delayed_{level}" for level in range(28)]
+        with self._connection() as connection:
+            channel = connection.channel()
+            for queue in [*settings.JOB_QUEUES, DEAD_LETTER_QUEUE.name, *delayed]:
+                try:
+                    channel.queue_purge(queue)
+                except amqp.exceptions.NotFound:
+                    channel = connection.channel()  # the broker closed the one that asked
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[amqp.Connection]:
+        with amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=5) as connection:
+            connection.connect()
+            yield connection
 
 
 def database_url_for_subprocesses() -> str:
@@ -242,6 +283,30 @@ class WorkerProcess(CeleryProcess):
             # This process's control connection died with a broker an earlier test restarted;
             # kombu reconnects on the next ping.
             return False
+
+
+class FlowerProcess(CeleryProcess):
+    """`celery flower` with the project's configuration file, as the Procfile runs it, on a free
+    port of 127.0.0.1, behind the basic-auth credentials in `credentials`."""
+
+    program = "flower"
+    credentials = ("ops", "flower-test-password")
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.port = processes.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = {
+            "FLOWER_BASIC_AUTH": ":".join(self.credentials),
+            "FLOWER_PORT": str(self.port),
+            **self.extra_env,
+        }
+
+    def arguments(self) -> list[str]:
+        return ["--conf=config/flower.py"]
+
+    def is_ready(self) -> bool:
+        return processes.answers_http(self.port, "/healthcheck")
 
 
 class BeatProcess(CeleryProcess):

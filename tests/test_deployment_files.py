@@ -24,7 +24,15 @@ ENV_EXAMPLE_NAMES = set(
     re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M)
 )
 # Variables of third-party images, not of this project.
-IMAGE_VARIABLES = {"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"}
+# Read by the database and broker images themselves, not by the project.
+IMAGE_VARIABLES = {
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "RABBITMQ_DEFAULT_USER",
+    "RABBITMQ_DEFAULT_PASS",
+    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+}
 
 
 def procfile_commands() -> dict[str, list[str]]:
@@ -168,6 +176,29 @@ def test_compose_makes_the_deployer_declare_the_proxies_in_front_of_the_web():
     # Without it the web refuses to start (config/wsgi.py); compose says so before it starts.
     declared = SERVICES["web"]["environment"]["TRUSTED_PROXIES"]
     assert re.fullmatch(r"\$\{TRUSTED_PROXIES:\?[^}]+\}", declared), declared
+
+
+def test_both_compose_brokers_keep_their_queued_work_across_a_restart(settings):
+    # Redis, the default broker: an append-only file on a volume
+    redis = SERVICES["redis"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    # RabbitMQ, behind its profile: its data on a volume, under a node name that survives a
+    # re-created container
+    rabbitmq = SERVICES["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert any(volume.endswith(":/var/lib/rabbitmq") for volume in rabbitmq["volumes"])
+    assert rabbitmq["hostname"] == "rabbitmq"
+    # with the consumer timeout the settings (and their system check) assume
+    erl_args = rabbitmq["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    timeout_ms = int(re.search(r"-rabbit consumer_timeout (\d+)", erl_args).group(1))
+    assert timeout_ms == settings.RABBITMQ_CONSUMER_TIMEOUT_SECONDS * 1000
+    # and every process that talks to the broker waits for it when it is there
+    for name in ("web", "worker", "worker_heavy", "beat", "flower"):
+        assert SERVICES[name]["depends_on"]["rabbitmq"] == {
+            "condition": "service_healthy",
+            "required": False,
+        }, name
 
 
 def test_every_variable_compose_passes_is_documented_in_env_example():

@@ -16,13 +16,13 @@ PASSWORD = "correct horse battery staple"
 
 
 def test_signup_succeeds_while_the_broker_is_down_and_its_email_arrives_after(
-    client, smtp, redis_server, celery_worker, start_beat
+    client, smtp, broker_server, celery_worker, start_beat
 ):
     # given the platform's periodic jobs synced and a beat running (it drives the outbox relay)
     call_command("sync_periodic_tasks")
     start_beat()
     # and a broker that goes down
-    redis_server.stop()
+    broker_server.stop()
     # when someone signs up
     started = time.monotonic()
     response = client.post(
@@ -37,7 +37,7 @@ def test_signup_succeeds_while_the_broker_is_down_and_its_email_arrives_after(
     assert get_user_model().objects.filter(email="outage@example.com").exists()
     assert OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).count() == 1
     # when the broker comes back, empty
-    redis_server.start()
+    broker_server.start()
     # then the relay publishes the email, the worker sends it, exactly once
     smtp.wait_for("outage@example.com", subject="Confirm your email", timeout=60)
     time.sleep(2)
@@ -66,7 +66,7 @@ def timed_signup(web, email: str) -> tuple[int, float]:
 # absolute figure depends on the machine (bench/signup.py measures it).
 @pytest.mark.parametrize("outage", ["down before start", "down mid-flight", "hung"])
 def test_signup_answers_within_its_bounded_waits_through_the_server_whatever_the_broker_does(
-    outage, start_web, redis_server, settings
+    outage, start_web, broker_server, settings
 ):
     healthy_web = start_web()
     healthy = max(timed_signup(healthy_web, f"healthy{i}@example.com")[1] for i in range(3))
@@ -74,11 +74,11 @@ def test_signup_answers_within_its_bounded_waits_through_the_server_whatever_the
     if outage == "down mid-flight":
         web = start_web()
         assert timed_signup(web, "warm@example.com")[0] == 202
-        redis_server.stop()
+        broker_server.stop()
     else:
-        redis_server.stop()
+        broker_server.stop()
         if outage == "hung":
-            hung = HungServer(port=redis_server.port)
+            hung = HungServer(port=broker_server.port)
         web = start_web()
     # rows from before the outage may be pending too: on a busy machine a fresh process's
     # first publish can outlast its timeout, which leaves the row to the relay as designed

@@ -104,9 +104,9 @@ def ready(client: Client) -> dict | None:
     return body if status == 200 else None
 
 
-def test_healthz_answers_without_touching_any_dependency(client, redis_server):
+def test_healthz_answers_without_touching_any_dependency(client, broker_server):
     # given a broker that is down
-    redis_server.stop()
+    broker_server.stop()
     # when the liveness probe asks
     response = client.get("/healthz")
     # then the web process is alive all the same: liveness must not restart healthy web pods
@@ -173,13 +173,13 @@ def test_readyz_names_each_queue_that_no_worker_consumes(
 
 
 def test_readyz_turns_503_within_seconds_when_the_broker_stops(
-    client, redis_server, celery_worker, start_beat
+    client, broker_server, celery_worker, start_beat
 ):
     # given a deployment that is ready
     start_beat()
     eventually(lambda: ready(client), timeout=10)
     # when the broker stops
-    redis_server.stop()
+    broker_server.stop()
     body, status, elapsed = probe(client)
     # then the probe answers 503 at once, blaming the broker
     assert status == 503
@@ -314,9 +314,9 @@ def test_a_result_is_reused_for_the_cache_period(client, settings, hang):
 
 
 @pytest.mark.django_db
-def test_the_web_scope_checks_the_database_only(client, redis_server):
+def test_the_web_scope_checks_the_database_only(client, broker_server):
     # given a broker that is down (the outbox keeps signups working meanwhile)
-    redis_server.stop()
+    broker_server.stop()
     # when the web tier's readiness probe asks
     body, status, _ = probe(client, "/readyz?scope=web")
     # then the web process is ready: it can serve, and keeps its place in the rotation

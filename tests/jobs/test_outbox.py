@@ -36,7 +36,7 @@ def test_enqueue_publishes_after_commit_and_the_worker_runs_it(celery_worker):
     assert message.claimed_until is None
 
 
-def test_a_rolled_back_transaction_enqueues_nothing(celery_worker, redis_server):
+def test_a_rolled_back_transaction_enqueues_nothing(celery_worker, broker_server):
     # given a transaction that enqueues, then fails
     with pytest.raises(RuntimeError), transaction.atomic():
         enqueue(create_user, email="rolled-back@example.com")
@@ -51,10 +51,10 @@ def test_a_rolled_back_transaction_enqueues_nothing(celery_worker, redis_server)
 
 
 def test_broker_down_at_commit_costs_the_request_little_and_loses_nothing(
-    celery_worker, redis_server
+    celery_worker, broker_server
 ):
     # given a broker that is down
-    redis_server.stop()
+    broker_server.stop()
     # when a request writes a user and enqueues its follow-up work
     started = time.monotonic()
     with transaction.atomic():
@@ -73,7 +73,7 @@ def test_broker_down_at_commit_costs_the_request_little_and_loses_nothing(
     assert time.monotonic() - started < 0.2
 
     # when the broker comes back empty (no persistence) and the relay runs
-    redis_server.start()
+    broker_server.start()
     publish_circuit.record_success()  # the relay's process would not share this one's memory
     eventually(lambda: outbox_relay() or None, timeout=10)
     # then the work runs
@@ -96,7 +96,7 @@ def test_a_starting_worker_relays_what_piled_up(start_worker, no_worker_running)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_relays_at_once_publish_each_row_exactly_once(no_worker_running, redis_server):
+def test_two_relays_at_once_publish_each_row_exactly_once(no_worker_running, broker_server):
     # given 60 pending rows and no worker consuming, so the broker's queue can be counted
     OutboxMessage.objects.bulk_create(
         OutboxMessage(task_name="tests.create_user", kwargs={"email": f"r{i}@example.com"})
@@ -122,19 +122,19 @@ def test_two_relays_at_once_publish_each_row_exactly_once(no_worker_running, red
         thread.join()
     # then the rows were split between them, none twice
     assert sum(published) == 60
-    assert redis_server.client().llen("default") == 60
+    assert broker_server.queue_length("default") == 60
     assert not OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).exists()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_long_delay_waits_in_the_database_not_on_the_broker(redis_server, settings):
+def test_a_long_delay_waits_in_the_database_not_on_the_broker(broker_server, settings):
     # given a delay longer than a broker countdown may safely be (the visibility timeout)
     delay = timedelta(seconds=settings.JOBS_MAX_BROKER_COUNTDOWN_SECONDS + 60)
     # when work is enqueued with it
     with transaction.atomic():
         message = enqueue_in(delay, create_user, email="later@example.com")
     # then nothing is on the broker and the relay leaves it alone until it is due
-    assert redis_server.client().llen("default") == 0
+    assert broker_server.queue_length("default") == 0
     assert outbox_relay() == 0
     message.refresh_from_db()
     assert message.release_at > timezone.now() + delay - timedelta(seconds=5)
@@ -233,7 +233,7 @@ def test_a_slow_relay_and_a_later_one_never_publish_a_row_twice(monkeypatch):
 
 
 def test_a_retry_that_cannot_be_published_waits_in_the_outbox_not_in_the_dead_letters(
-    no_worker_running, start_worker, redis_server
+    no_worker_running, start_worker, broker_server
 ):
     from jobs.models import DeadLetter
     from tests.worker_tasks.platform import fail_once_when_told
@@ -243,13 +243,13 @@ def test_a_retry_that_cannot_be_published_waits_in_the_outbox_not_in_the_dead_le
     start_worker()
     fail_once_when_told.delay(key=key, hold_seconds=2)
     eventually(lambda: recorded("attempts", key), timeout=20)
-    redis_server.stop()
+    broker_server.stop()
     # then its retry is kept in the outbox under the task's own id and retry count
     retry = eventually(lambda: OutboxMessage.objects.filter(retries=1).first(), timeout=30)
     assert retry.task_name == fail_once_when_told.name and retry.task_id
     assert not DeadLetter.objects.exists()
     # and once the broker is back, the relay publishes it and the task completes, once
-    redis_server.start()
+    broker_server.start()
     # (the relay a starting worker runs; a worker of its own: kombu's Redis transport can crash
     # the first one's main process as it closes the lost connection with a message in flight,
     # celery/kombu#582, and a process manager would start another)

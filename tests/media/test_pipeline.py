@@ -122,13 +122,13 @@ def test_an_upload_runs_only_the_tasks_its_size_needs(
 
 
 def test_an_upload_accepted_while_the_broker_is_down_is_processed_once_it_is_back(
-    owner_client, celery_worker, redis_server
+    owner_client, celery_worker, broker_server
 ):
     from jobs.models import OutboxMessage
     from jobs.outbox import outbox_relay, publish_circuit
 
     # given a broker that is down
-    redis_server.stop()
+    broker_server.stop()
     # when a photo is uploaded
     response = upload(owner_client, photo(width=800, height=600))
     # then it is accepted, its processing waiting in the outbox rather than lost (a photo this
@@ -136,7 +136,7 @@ def test_an_upload_accepted_while_the_broker_is_down_is_processed_once_it_is_bac
     assert response.status_code == 202, response.content
     assert OutboxMessage.objects.filter(task_name="media.normalize").get().status == "pending"
     # when the broker comes back (empty) and the relay runs, as beat makes it every few seconds
-    redis_server.start()
+    broker_server.start()
     publish_circuit.record_success()
     eventually(lambda: outbox_relay() or None, timeout=15)
     # then the upload ends ready
