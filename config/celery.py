@@ -5,7 +5,7 @@ import os
 # Connects what a worker does as it starts: its pool processes keep freed memory for their next
 # task (only a worker sends the signal).
 import jobs.memory  # noqa: F401
-from jobs.brokers import PlatformCelery, work_queues
+from jobs.brokers import PlatformCelery, broker_is_rabbitmq, work_queues
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -16,6 +16,12 @@ app = PlatformCelery("config", task_cls="jobs.base:PlatformTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Per broker: quorum queues on RabbitMQ (jobs/brokers.py).
 app.conf.task_queues = work_queues()
+# RabbitMQ hands a live worker's unacknowledged messages to other workers as soon as its
+# connection drops (a network blip, a broker restart, missed heartbeats) while its pool keeps
+# running them: the same task would run twice at once. The worker cancels those runs instead;
+# being late-acked, they run again from their redelivery. Not on Redis: a live worker keeps its
+# deliveries there (jobs/recovery.py), and a cancelled run would wait for the visibility timeout.
+app.conf.worker_cancel_long_running_tasks_on_connection_loss = broker_is_rabbitmq()
 # Workers publish their liveness and queues to Redis for /readyz (jobs/heartbeats.py); named, not
 # imported, so only a worker loads it.
 app.steps["consumer"].add("jobs.heartbeats:WorkerHeartbeat")

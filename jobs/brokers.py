@@ -8,8 +8,9 @@ soon as its connection drops (Redis needs jobs/recovery.py for that). The queues
   acknowledged is moved by the broker to DEAD_LETTER_QUEUE. The platform dead-letters a poison
   message earlier (JOBS_MAX_DELIVERIES, jobs/base.py) with its arguments and error in the
   database; the broker's limit is the backstop for when the platform cannot count (its Redis is
-  down) or the message never reaches a task (it cannot be decoded). `broker_dead_letters_collect`
-  turns what lands there into the same dead-letter rows, so a person sees and re-drives it.
+  down) or the message never reaches a task (it cannot be decoded, and a worker rejects it).
+  `broker_dead_letters_collect` turns those into the same dead-letter rows, so a person sees
+  and re-drives them; a message dead-lettered because it expired (`expires`) is dropped.
 - a topic exchange: Celery's native delayed delivery (countdowns and retries wait in the
   broker, in its `celery_delayed_*` queues, not unacknowledged in a worker) needs one.
 
@@ -17,14 +18,21 @@ Publisher confirms are on (settings.CELERY_BROKER_TRANSPORT_OPTIONS), so a publi
 was stored by the broker.
 """
 
+import hashlib
 import json
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 from celery import Celery
+from celery.utils.time import maybe_make_aware
+from dateutil.parser import isoparse
 from django.conf import settings
 from kombu import Connection, Exchange, Queue
+from kombu.message import Message
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,22 +87,66 @@ def work_queues() -> list[Queue]:
 
 
 class PlatformCelery(Celery):
-    """Celery, with delays under a second working on RabbitMQ.
+    """Celery, with what the platform needs of publishing on RabbitMQ:
 
-    With quorum queues Celery routes every countdown through RabbitMQ's delay queues, which count
-    whole seconds, and a countdown under one second fails to publish (kombu's
-    `calculate_routing_key` refuses 0). The platform's own short waits (a rate-limit slot 50 ms
-    away, a quick retry) would fail with it. Such a message goes straight to its queue with its
-    ETA, and the worker holds it for that fraction of a second, as it does on Redis.
+    - Delays under a second work. With quorum queues Celery routes every delay through RabbitMQ's
+      delay queues, which count whole seconds, and a delay under one second fails to publish
+      (kombu's `calculate_routing_key` refuses 0). The platform's own short waits (a rate-limit
+      slot 50 ms away, a quick retry) would fail with it. Such a message goes straight to its
+      queue with its ETA, and the worker holds it for that fraction of a second, as on Redis.
+    - Delays work before any worker ran. Only a starting worker declares the delay exchanges;
+      a web process publishing a delay on a fresh broker would get "no exchange
+      'celery_delayed_27'". Each process declares them (and binds the work queues) before its
+      first delayed publish.
+    - A publish waits for the broker's confirmation no longer than a Redis publish waits for its
+      reply (the broker transport's `socket_timeout`): with confirms on, a broker that blocks
+      publishers (a memory or disk alarm) or hangs would otherwise hold a worker's retry, a
+      canvas step or beat for as long as it lasts. A publish that times out fails as on Redis,
+      and a failed retry waits in the outbox.
     """
+
+    _delay_topology_declared = False
 
     def send_task(self, name, args=None, kwargs=None, countdown=None, eta=None, **options):
         if broker_is_rabbitmq(self.conf.broker_url):
-            due = self.now() + timedelta(seconds=countdown) if countdown else eta
-            if isinstance(due, datetime) and timedelta(0) < due - self.now() < timedelta(seconds=1):
+            # A caller's own publish timeout (the outbox's) bounds the confirmation too.
+            reply_timeout = self.conf.broker_transport_options["socket_timeout"]
+            options.setdefault("confirm_timeout", options.get("timeout") or reply_timeout)
+            delay = _seconds_until(self, countdown=countdown, eta=eta)
+            if delay is not None and 0 < delay < 1:
+                due = self.now() + timedelta(seconds=delay)
                 options["headers"] = {**(options.get("headers") or {}), "eta": due.isoformat()}
                 countdown = eta = None
+            elif delay is not None and delay >= 1:
+                # One figure for Celery to route by: given an ETA, it would compute the delay
+                # again, a moment later, and could round it down to zero.
+                countdown, eta = delay, None
+                self._delay_topology_declare(options.get("connection"))
         return super().send_task(name, args, kwargs, countdown=countdown, eta=eta, **options)
+
+    def _delay_topology_declare(self, connection: Connection | None) -> None:
+        if PlatformCelery._delay_topology_declared:
+            return
+        if connection is None:
+            with self.connection_for_write() as own:
+                self._delay_topology_declare(own)
+            return
+        declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
+        for queue in self.amqp.queues.values():
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+        PlatformCelery._delay_topology_declared = True
+
+
+def _seconds_until(
+    app: Celery, *, countdown: float | None, eta: datetime | str | None
+) -> float | None:
+    if countdown is not None:
+        return countdown
+    if eta is None:
+        return None
+    # As Celery reads an ETA: an ISO string or a datetime, a naive one being UTC.
+    due = maybe_make_aware(isoparse(eta) if isinstance(eta, str) else eta)
+    return (due - app.now()).total_seconds()
 
 
 def dead_letter_queue_declare(connection: Connection) -> None:
@@ -104,7 +156,15 @@ def dead_letter_queue_declare(connection: Connection) -> None:
 
 
 class BrokerDeadLettered(Exception):
-    """RabbitMQ stopped delivering the message: returned unacknowledged too many times."""
+    """RabbitMQ stopped delivering the message: returned unacknowledged too many times, or
+    rejected as one no worker can read."""
+
+
+# Why RabbitMQ dead-letters a message, and whether a person must hear of it. A message past its
+# `expires` (every periodic job has one) was meant to be dropped: recording it would fill the
+# dead letters with stale relay runs after any pause of the maintenance workers, and re-driving
+# one would run a periodic job late.
+_DEATHS_FOR_A_PERSON = frozenset({"delivery_limit", "rejected"})
 
 
 def broker_dead_letters_collect(connection: Connection, *, limit: int = COLLECT_BATCH) -> int:
@@ -113,43 +173,61 @@ def broker_dead_letters_collect(connection: Connection, *, limit: int = COLLECT_
     Each message is acknowledged only after its row is committed: a crash in between records it
     again, into the same row (dead letters are keyed by task id).
     """
-    from jobs.deadletters import dead_letter_record  # it imports the outbox, which imports us
-
     dead_letter_queue_declare(connection)
     queue = DEAD_LETTER_QUEUE.bind(connection.default_channel)
     collected = 0
-    while collected < limit:
-        message = queue.get(no_ack=False, accept=["json"])
-        if message is None:
-            break
-        headers = message.headers or {}
-        args, kwargs = _call_arguments(message.body)
-        death = (headers.get("x-death") or [{}])[0]
-        dead_letter_record(
-            task_name=headers.get("task", "(unknown)"),
-            task_id=headers.get("id") or message.properties.get("correlation_id") or "",
-            args=args,
-            kwargs=kwargs,
-            queue=death.get("queue", ""),
-            error=BrokerDeadLettered(
-                f"RabbitMQ dead-lettered it ({death.get('reason', 'unknown reason')}) after "
-                f"{headers.get('x-delivery-count', '?')} deliveries that were never acknowledged"
-            ),
-            attempts=int(headers.get("x-delivery-count") or 0),
-        )
+    while collected < limit and (message := queue.get(no_ack=False)) is not None:
+        death = ((message.headers or {}).get("x-death") or [{}])[0]
+        if death.get("reason") in _DEATHS_FOR_A_PERSON:
+            _dead_letter_record_from(message, death)
+        else:
+            logger.info("dropped a message RabbitMQ dead-lettered as %s", death.get("reason"))
         message.ack()
         collected += 1
     return collected
 
 
-def _call_arguments(body: Any) -> tuple[list, dict]:
-    # Celery's message protocol 2: [args, kwargs, embed]. A body that is not what the platform
-    # publishes is kept, as text, for the person who looks at it.
-    if isinstance(body, (bytes, str)):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return [str(body)[:5000]], {}
-    if isinstance(body, list) and len(body) == 3:
-        return list(body[0]), dict(body[1])
-    return [body], {}
+def _dead_letter_record_from(message: Message, death: dict) -> None:
+    from jobs.deadletters import dead_letter_record  # it imports the outbox, which imports us
+
+    headers = message.headers or {}
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    args, kwargs = _call_arguments(body)
+    # A message the platform did not publish may carry no task id; its own message id, or its
+    # content, keeps two such messages apart.
+    task_id = headers.get("id") or (
+        "broker:"
+        + (
+            message.properties.get("message_id")
+            or hashlib.sha256(body + repr(death).encode()).hexdigest()[:32]
+        )
+    )
+    dead_letter_record(
+        task_name=str(headers.get("task") or "(not a task message)"),
+        task_id=str(task_id),
+        args=args,
+        kwargs=kwargs,
+        queue=death.get("queue", ""),
+        error=BrokerDeadLettered(
+            f"RabbitMQ dead-lettered it ({death.get('reason')}) after "
+            f"{headers.get('x-delivery-count', '?')} deliveries that were never acknowledged"
+        ),
+        attempts=int(headers.get("x-delivery-count") or 0),
+    )
+
+
+def _call_arguments(body: bytes) -> tuple[list, dict]:
+    # Celery's message protocol 2: [args, kwargs, embed]. Anything else is kept, as text, for
+    # the person who looks at it.
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = None
+    if (
+        isinstance(decoded, list)
+        and len(decoded) == 3
+        and isinstance(decoded[0], list)
+        and isinstance(decoded[1], dict)
+    ):
+        return decoded[0], decoded[1]
+    return [body.decode(errors="replace")[:5000]], {}

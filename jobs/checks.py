@@ -65,9 +65,12 @@ def rabbitmq_consumer_timeout_outlasts_held_deliveries(app_configs, **kwargs) ->
 def platform_dead_letters_a_poison_message_before_rabbitmq(app_configs, **kwargs) -> list[Error]:
     # Past its delivery limit RabbitMQ moves a message aside with nothing but its body; the
     # platform's own dead letter says which task killed its worker, and must come first.
-    from jobs.brokers import BROKER_DELIVERY_LIMIT, BROKER_DELIVERY_LIMIT_MARGIN
+    from jobs.brokers import BROKER_DELIVERY_LIMIT, BROKER_DELIVERY_LIMIT_MARGIN, broker_is_rabbitmq
 
-    if settings.JOBS_MAX_DELIVERIES + BROKER_DELIVERY_LIMIT_MARGIN <= BROKER_DELIVERY_LIMIT:
+    if (
+        not broker_is_rabbitmq()
+        or settings.JOBS_MAX_DELIVERIES + BROKER_DELIVERY_LIMIT_MARGIN <= BROKER_DELIVERY_LIMIT
+    ):
         return []
     most = BROKER_DELIVERY_LIMIT - BROKER_DELIVERY_LIMIT_MARGIN
     return [

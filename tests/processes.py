@@ -84,6 +84,13 @@ class Server:
             stop_process(self.process)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL to the server and its children: it dies mid-write, as in a power cut."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
     def freeze(self) -> None:
         """SIGSTOP to the server and its children (its session): it keeps its connections open
         and answers nothing, as a server that hangs (a stalled disk, a long pause) does."""
