@@ -14,6 +14,9 @@ A task declares what it is; this class turns that into behaviour:
   ends in the dead-letter store.
 - publishing waits for the current transaction to commit, so a worker never looks for a row
   that is not there yet and a rolled-back request sends nothing.
+- a message with an ordering key (`jobs.outbox.enqueue(..., ordering_key=...)`) marks its
+  outbox row finished when it succeeds, which publishes the next task of its key; one that
+  fails for good holds its key up until its dead letter is re-driven or discarded.
 - one log line per outcome: task, id, attempt, duration, outcome, exception class.
 """
 
@@ -33,7 +36,13 @@ from django.db import transaction
 from kombu.utils.uuid import uuid
 
 from jobs.deadletters import dead_letter_record
-from jobs.outbox import enqueue_retry
+from jobs.outbox import (
+    ORDERED_ROW_HEADER,
+    ORDERING_KEY_HEADER,
+    enqueue_retry,
+    ordered_message_finished,
+    ordered_message_is_finished,
+)
 from jobs.redis import redis_client
 from jobs.retry import NEVER_RETRY, RetryPolicy, TransientError
 
@@ -84,6 +93,14 @@ class PlatformTask(DjangoTask):
             return super().__call__(*args, **kwargs)
         started = time.monotonic()
         attempt = request.retries + 1
+        # Only an ordered message has headers of the platform's own: for the others this costs
+        # a dictionary lookup, no round trip.
+        ordered_message_id = (request.headers or {}).get(ORDERED_ROW_HEADER)
+        if ordered_message_id and ordered_message_is_finished(message_id=ordered_message_id):
+            # Its worker died after marking it finished, before the acknowledgement, or the
+            # relay published it twice: the next task of its key may be running already.
+            self._log_outcome("skip", started, attempt)
+            return None
         delivery_key = f"jobs:deliveries:{request.id}:{request.retries}"
         counted = self.idempotent and deliveries_counted(request)
         if counted and self._deliveries_exceeded(delivery_key):
@@ -96,6 +113,14 @@ class PlatformTask(DjangoTask):
             raise error  # acknowledged as a failure: the message is not requeued again
         try:
             result = super().__call__(*args, **kwargs)
+            if ordered_message_id:
+                # Part of the run: a row that cannot be marked finished fails the run like its
+                # body would, so the key is held up by a dead letter a person sees, not by a row
+                # that silently never finishes.
+                ordered_message_finished(
+                    message_id=ordered_message_id,
+                    ordering_key=request.headers[ORDERING_KEY_HEADER],
+                )
         except (Retry, Ignore, Reject) as control:
             # The task steered its own fate (self.retry(), a deferral): not a failure, and this
             # delivery ended without killing its worker, so it does not count toward a poison
@@ -135,6 +160,7 @@ class PlatformTask(DjangoTask):
                         delay=timedelta(seconds=wait),
                         args=args,
                         kwargs=kwargs,
+                        ordered_message_id=ordered_message_id,
                     )
                     raise Ignore() from error
             self._dead_letter(args, kwargs, error, attempt)
@@ -198,7 +224,9 @@ class PlatformTask(DjangoTask):
             line += f" exception={type(error).__name__}"
         if wait is not None:
             line += f" retry_in_s={wait:.2f}"
-        level = logging.INFO if outcome in {"success", "retry", "ignore"} else logging.WARNING
+        level = (
+            logging.INFO if outcome in {"success", "retry", "ignore", "skip"} else logging.WARNING
+        )
         logger.log(level, line)
 
 
