@@ -38,3 +38,12 @@ def noop_plain_celery_late_ack(run: str, enqueued_at: float) -> None:
     """The same on Celery's own Task with late ack, as the platform's idempotent tasks are
     acknowledged: what the platform adds beyond the acknowledgement's timing."""
     _started(run, enqueued_at)
+
+
+@shared_task(name="bench.step", idempotent=True)
+def step(run: str, key: str, seconds: float) -> None:
+    """A step of some work of `key` that takes `seconds`: pushes "<key> <started_at> <ended_at>"
+    (time.time() values) onto the run's list. Idempotent, as an ordered task must be."""
+    started_at = time.time()
+    time.sleep(seconds)
+    redis_client().rpush(f"bench:{run}", f"{key} {started_at!r} {time.time()!r}")

@@ -123,9 +123,10 @@ def test_a_task_that_fails_for_good_holds_its_key_up_until_its_dead_letter_is_de
     assert outbox_relay() == 0  # nor does the relay publish them
     blocked = [(event, item) for event, key, item in events(run) if key == "blocked"]
     assert blocked == [("start", 0), ("end", 0), ("start", 1)]
-    # and the admin shows what the dead letter holds up
-    listing = admin_client.get(reverse("admin:jobs_deadletter_changelist"))
-    assert f"3 later task(s) of {run}:blocked" in listing.content.decode()
+    # and the admin shows what the dead letter, and its outbox row, hold up
+    for changelist in ("admin:jobs_deadletter_changelist", "admin:jobs_outboxmessage_changelist"):
+        listing = admin_client.get(reverse(changelist))
+        assert f"3 later task(s) of {run}:blocked" in listing.content.decode()
 
     # when a person decides
     if decision == "redrive":
@@ -277,6 +278,19 @@ def test_two_relays_at_once_publish_one_head_per_key(no_worker_running, redis_se
     assert sorted(heads.values_list("ordering_key", "ordering_position")) == [
         ("a", 1), ("b", 1), ("c", 1),
     ]  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_ordered_enqueue_outside_a_transaction_publishes_only_the_head(no_worker_running):
+    # when two tasks of a key are enqueued, each in autocommit
+    first = enqueue(ordered_step, ordering_key="user:1", run="r", key="user:1", item=0)
+    second = enqueue(ordered_step, ordering_key="user:1", run="r", key="user:1", item=1)
+    # then the first is published at once and the second waits for it
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.ordering_position, first.status) == (1, OutboxMessage.Status.PUBLISHED)
+    assert (second.ordering_position, second.status) == (2, OutboxMessage.Status.PENDING)
+    assert second.claimed_until is None  # left to the first one's worker, or the relay
 
 
 @pytest.mark.django_db(transaction=True)
