@@ -196,6 +196,35 @@ def test_a_task_redelivered_after_it_finished_is_not_run_again(no_worker_running
     assert [item for event, _, item in events(run) if event == "start"] == list(range(5))
 
 
+def test_a_database_failure_as_a_task_finishes_runs_it_again_in_its_place(
+    no_worker_running, start_worker
+):
+    # given a worker
+    worker = start_worker(concurrency=2)
+    # when the database fails just as the second of three tasks of a key is marked finished
+    run = unique_run()
+    with transaction.atomic():
+        for item in range(3):
+            enqueue(
+                ordered_step,
+                ordering_key=f"{run}:key",
+                run=run,
+                key="key",
+                item=item,
+                database_fails_once_at_its_finish=item == 1,
+            )
+    # then the task is retried (the database failed, not the task), and the key carries on
+    # after it, in order, rather than waiting for good behind a row never marked finished
+    eventually(lambda: ("end", "key", 2) in events(run), timeout=30)
+    assert [(event, item) for event, _, item in events(run)] == [
+        ("start", 0), ("end", 0),
+        ("start", 1), ("end", 1), ("start", 1), ("end", 1),
+        ("start", 2), ("end", 2),
+    ]  # fmt: skip
+    assert "outcome=retry exception=OperationalError" in worker.logfile.read_text()
+    assert not DeadLetter.objects.exists()
+
+
 def test_tasks_enqueued_while_the_broker_is_down_are_published_head_first_in_order(
     no_worker_running, start_worker, redis_server
 ):

@@ -10,7 +10,9 @@ import signal
 import time
 
 from celery import shared_task, signals
+from django.db import OperationalError
 
+import jobs.base
 from jobs.redis import redis_client
 from jobs.retry import PermanentError
 
@@ -39,15 +41,19 @@ def ordered_step(
     fails_until_allowed: bool = False,
     kills_its_worker_once: bool = False,
     dies_once_after_finishing: bool = False,
+    database_fails_once_at_its_finish: bool = False,
 ) -> None:
     """Records its start, works for `seconds`, records its end. Told to, it fails permanently
     until the test allows it (the fix an operator deploys), takes its whole worker down on its
-    first delivery, midway (run by a worker with one pool process, so none is left over), or
-    kills its pool process once it has finished, before the worker could acknowledge it."""
+    first delivery, midway (run by a worker with one pool process, so none is left over),
+    kills its pool process once it has finished, before the worker could acknowledge it, or
+    finds the database failing, once, when the platform marks its row finished."""
     redis_client().rpush(events_key(run), f"start {key} {item}")
     if kills_its_worker_once and _first_delivery(run, key, item):
         os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+    if database_fails_once_at_its_finish and _first_delivery(run, key, item):
+        _fail_the_next_finish()
     time.sleep(seconds)
     if fails_until_allowed and not redis_client().exists(allow_key(run, key, item)):
         raise PermanentError("the provider rejected this step")
@@ -66,3 +72,15 @@ def _die_once_after_finishing(sender=None, kwargs=None, **details) -> None:
 
 def _first_delivery(run: str, key: str, item: int) -> bool:
     return redis_client().incr(f"test:ordering-deliveries:{run}:{key}:{item}") == 1
+
+
+def _fail_the_next_finish() -> None:
+    # In this pool process only, the next call of the platform's finish step raises what a
+    # database that went away raises, then the real step is back.
+    finish = jobs.base.ordered_message_finished
+
+    def fail_once(**kwargs) -> None:
+        jobs.base.ordered_message_finished = finish
+        raise OperationalError("database is locked")
+
+    jobs.base.ordered_message_finished = fail_once
