@@ -33,7 +33,7 @@ from celery import Task
 from celery.exceptions import QueueNotFound
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -205,14 +205,13 @@ def _ordering_place_take(ordering_key: str) -> OrderingPlace:
     meanwhile either sees this row once committed, and publishes it, or finished before, and
     this row is the head."""
     _ordering_key_lock(ordering_key)
-    key = OutboxMessage.objects.filter(ordering_key=ordering_key).aggregate(
-        last=Max("ordering_position"),
-        unfinished=Count("pk", filter=Q(finished_at__isnull=True)),
-    )
+    last = OutboxMessage.objects.filter(ordering_key=ordering_key).aggregate(
+        last=Max("ordering_position")
+    )["last"]
     return OrderingPlace(
         ordering_key=ordering_key,
-        position=(key["last"] or 0) + 1,
-        is_head=key["unfinished"] == 0,
+        position=(last or 0) + 1,
+        is_head=not ordering_message_unfinished().filter(ordering_key=ordering_key).exists(),
     )
 
 
@@ -253,7 +252,8 @@ def _ordering_head_claim(*, ordering_key: str) -> OutboxMessage | None:
     """The key's head (its first unfinished row), claimed, if it waits to be published and is
     due; None when there is nothing to publish or someone else holds the row."""
     head = (
-        OutboxMessage.objects.filter(ordering_key=ordering_key, finished_at__isnull=True)
+        ordering_message_unfinished()
+        .filter(ordering_key=ordering_key)
         .order_by("ordering_position")
         .first()
     )
