@@ -91,18 +91,26 @@ def enqueue(task: Task, /, *, ordering_key: str | None = None, **kwargs: Any) ->
     """
     if ordering_key is None:
         return _outbox_write(task, kwargs=kwargs, delay=None)
-    if not getattr(task, "idempotent", False):
-        # An early-acked message lost with its worker would never be marked finished, and its
-        # key would wait for it for good, silently. A late-acked one comes back and runs again.
-        raise OrderingNeedsIdempotentTask(f"{task.name} is not idempotent; it cannot be ordered")
+    _refuse_unless_orderable(task)
     with transaction.atomic():  # the key's lock is held until the caller's transaction ends
         return _outbox_write(
             task, kwargs=kwargs, delay=None, place=_ordering_place_take(ordering_key)
         )
 
 
-class OrderingNeedsIdempotentTask(ValueError):
-    """`enqueue(..., ordering_key=...)` of a task not declared `idempotent=True`."""
+class TaskCannotBeOrdered(ValueError):
+    """`enqueue(..., ordering_key=...)` of a task whose message could end without it running
+    and without a dead letter: its key would wait for it forever, silently."""
+
+
+def _refuse_unless_orderable(task: Task) -> None:
+    if not getattr(task, "idempotent", False):
+        # An early-acked message lost with its worker is never run again: a late-acked one
+        # comes back and runs again.
+        raise TaskCannotBeOrdered(f"{task.name} is not idempotent (idempotent=True)")
+    if task.expires is not None:
+        # An expired message is acknowledged without running.
+        raise TaskCannotBeOrdered(f"{task.name} declares expires={task.expires!r}")
 
 
 def enqueue_in(delay: timedelta, task: Task, /, **kwargs: Any) -> OutboxMessage:

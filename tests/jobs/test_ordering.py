@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from jobs.deadletters import dead_letter_discard, dead_letter_redrive
 from jobs.models import DeadLetter, OutboxMessage
-from jobs.outbox import OrderingNeedsIdempotentTask, enqueue, outbox_relay, publish_circuit
+from jobs.outbox import TaskCannotBeOrdered, enqueue, outbox_relay, publish_circuit
 from jobs.redis import redis_client
+from jobs.tasks import maintenance_outbox_relay
 from tests.services import eventually
 from tests.worker_tasks.basics import create_user
 from tests.worker_tasks.ordering import allow_key, events, ordered_step
@@ -323,8 +324,12 @@ def test_an_ordered_enqueue_outside_a_transaction_publishes_only_the_head(no_wor
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_task_that_is_not_idempotent_cannot_be_ordered():
-    # an early-acked message lost with its worker would hold its key up for good
-    with pytest.raises(OrderingNeedsIdempotentTask), transaction.atomic():
-        enqueue(create_user, ordering_key="user:1", email="ordered@example.com")
+@pytest.mark.parametrize(
+    "task", [create_user, maintenance_outbox_relay], ids=["not_idempotent", "expires"]
+)
+def test_a_task_that_could_end_unrun_and_unrecorded_cannot_be_ordered(task):
+    # an early-acked message lost with its worker, or an expired one, would never run and never
+    # be marked finished: its key would wait for it forever
+    with pytest.raises(TaskCannotBeOrdered), transaction.atomic():
+        enqueue(task, ordering_key="user:1")
     assert not OutboxMessage.objects.exists()
