@@ -48,3 +48,12 @@ def hold(self, run: str, key: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while redis_client().exists(key) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@shared_task(name="bench.step", idempotent=True)
+def step(run: str, key: str, seconds: float) -> None:
+    """A step of some work of `key` that takes `seconds`: pushes "<key> <started_at> <ended_at>"
+    (time.time() values) onto the run's list. Idempotent, as an ordered task must be."""
+    started_at = time.time()
+    time.sleep(seconds)
+    redis_client().rpush(f"bench:{run}", f"{key} {started_at!r} {time.time()!r}")

@@ -4,21 +4,37 @@ from django.http import HttpRequest
 
 from jobs.deadletters import DeadLetterNotActionable, dead_letter_discard, dead_letter_redrive
 from jobs.models import DeadLetter, OutboxMessage
+from jobs.selectors import ordered_message_of_task, ordering_messages_held_up
+
+
+def _holding_up(message: OutboxMessage | None) -> str:
+    """What an unfinished ordered row holds up: the tasks of its key that wait for it."""
+    if message is None:
+        return ""
+    return f"{ordering_messages_held_up(message=message)} later task(s) of {message.ordering_key}"
 
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
     list_display = [
         "task_name", "exception_class", "attempts", "status", "last_failed_at", "redrive_count",
+        "holds_up",
     ]  # fmt: skip
     list_filter = ["status", "task_name", "exception_class"]
     search_fields = ["task_name", "task_id", "exception_message"]
     date_hierarchy = "last_failed_at"
     actions = ["redrive", "discard"]
-    readonly_fields = [field.name for field in DeadLetter._meta.fields]
+    readonly_fields = [field.name for field in DeadLetter._meta.fields] + ["holds_up"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # dead letters come from failed tasks, never from a form
+
+    @admin.display(description="holds up")
+    def holds_up(self, letter: DeadLetter) -> str:
+        # Only a dead letter still to decide holds its key up; the others' tasks moved on.
+        if letter.status != DeadLetter.Status.DEAD:
+            return ""
+        return _holding_up(ordered_message_of_task(task_id=letter.task_id))
 
     @admin.action(description="Re-drive: run the selected tasks again")
     def redrive(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
@@ -44,10 +60,19 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(admin.ModelAdmin):
-    list_display = ["task_name", "status", "created_at", "release_at", "publish_attempts"]
+    list_display = [
+        "task_name", "status", "ordering_key", "created_at", "release_at", "finished_at",
+        "publish_attempts", "holds_up",
+    ]  # fmt: skip
     list_filter = ["status", "task_name"]
-    search_fields = ["id", "task_name"]
-    readonly_fields = [field.name for field in OutboxMessage._meta.fields]
+    search_fields = ["id", "task_name", "ordering_key"]
+    readonly_fields = [field.name for field in OutboxMessage._meta.fields] + ["holds_up"]
+
+    @admin.display(description="holds up")
+    def holds_up(self, message: OutboxMessage) -> str:
+        if not message.ordering_key or message.finished_at is not None:
+            return ""
+        return _holding_up(message)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -14,14 +14,19 @@ A task declares what it is; this class turns that into behaviour:
   ends in the dead-letter store.
 - publishing waits for the current transaction to commit, so a worker never looks for a row
   that is not there yet and a rolled-back request sends nothing.
+- a message with an ordering key (`jobs.outbox.enqueue(..., ordering_key=...)`) marks its
+  outbox row finished when it succeeds, which publishes the next task of its key; one that
+  fails for good holds its key up until its dead letter is re-driven or discarded; one whose
+  row is already finished (redelivered after its worker died) is acknowledged unrun.
 - one log line per outcome: task, id, attempt, duration, outcome, exception class.
 """
 
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import signals
@@ -29,15 +34,22 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.result import AsyncResult
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from kombu.utils.uuid import uuid
 
 from jobs.deadletters import dead_letter_record
-from jobs.outbox import enqueue_retry
+from jobs.outbox import (
+    ORDERED_ROW_HEADER,
+    ORDERING_KEY_HEADER,
+    enqueue_retry,
+    ordered_message_finished,
+    ordered_message_is_finished,
+)
 from jobs.redis import redis_client
-from jobs.retry import NEVER_RETRY, RetryPolicy, TransientError
+from jobs.retry import DEFAULT_BACKOFF, NEVER_RETRY, RetryPolicy, TransientError
 
 logger = logging.getLogger("jobs.task")
+T = TypeVar("T")
 
 # Set on a message re-published by a deferral (jobs.ratelimit) of a delivery that was counted:
 # the deferred message is new to the broker, not redelivered, yet continues that count.
@@ -84,6 +96,16 @@ class PlatformTask(DjangoTask):
             return super().__call__(*args, **kwargs)
         started = time.monotonic()
         attempt = request.retries + 1
+        # Only an ordered message has headers of the platform's own: for the others this costs
+        # a dictionary lookup, no round trip.
+        ordered_message_id = (request.headers or {}).get(ORDERED_ROW_HEADER)
+        if ordered_message_id and self._ordering_step(
+            lambda: ordered_message_is_finished(message_id=ordered_message_id), started, attempt
+        ):
+            # Its worker died after marking it finished, before the acknowledgement, or the
+            # relay published it twice: the next task of its key may be running already.
+            self._log_outcome("skip", started, attempt)
+            return None
         delivery_key = f"jobs:deliveries:{request.id}:{request.retries}"
         counted = self.idempotent and deliveries_counted(request)
         if counted and self._deliveries_exceeded(delivery_key):
@@ -135,6 +157,7 @@ class PlatformTask(DjangoTask):
                         delay=timedelta(seconds=wait),
                         args=args,
                         kwargs=kwargs,
+                        ordered_message_id=ordered_message_id,
                     )
                     raise Ignore() from error
             self._dead_letter(args, kwargs, error, attempt)
@@ -143,8 +166,32 @@ class PlatformTask(DjangoTask):
             raise
         if counted:
             self._forget_deliveries(delivery_key)
+        if ordered_message_id:
+            self._ordering_step(
+                lambda: ordered_message_finished(
+                    message_id=ordered_message_id,
+                    ordering_key=request.headers[ORDERING_KEY_HEADER],
+                ),
+                started,
+                attempt,
+            )
         self._log_outcome("success", started, attempt)
         return result
+
+    def _ordering_step(self, step: Callable[[], T], started: float, attempt: int) -> T:
+        """Run a step of an ordered message's bookkeeping: is its row finished, mark it finished.
+        The database failing there is not the task failing: the task runs again later, in its
+        place, through the broker, which needs no database. Failing the run instead would leave
+        the key waiting behind a row that never finishes, without even a dead letter (that needs
+        the database too) for a person to act on."""
+        try:
+            return step()
+        except DatabaseError as error:
+            wait = DEFAULT_BACKOFF.wait_seconds(retries_so_far=self.request.retries)
+            self._log_outcome("retry", started, attempt, error, wait=wait)
+            # Not bounded by the task's retry policy: the task did not fail, and giving up would
+            # hold its key up for good. The backoff's cap spaces the attempts during an outage.
+            raise self.retry(exc=error, countdown=wait, max_retries=None) from error
 
     def _deliveries_exceeded(self, key: str) -> bool:
         """Count this delivery of this attempt. A message redelivered because its worker died
@@ -198,7 +245,9 @@ class PlatformTask(DjangoTask):
             line += f" exception={type(error).__name__}"
         if wait is not None:
             line += f" retry_in_s={wait:.2f}"
-        level = logging.INFO if outcome in {"success", "retry", "ignore"} else logging.WARNING
+        level = (
+            logging.INFO if outcome in {"success", "retry", "ignore", "skip"} else logging.WARNING
+        )
         logger.log(level, line)
 
 

@@ -11,7 +11,13 @@ from django.utils import timezone
 
 from config.celery import app
 from jobs.models import DeadLetter, OutboxMessage
-from jobs.outbox import enqueue, task_kwargs
+from jobs.outbox import (
+    enqueue,
+    ordered_message_discard,
+    ordered_message_redrive,
+    task_kwargs,
+)
+from jobs.selectors import ordered_message_of_task
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,10 @@ def dead_letter_record(
 
 def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
     """Run the task again with its original arguments, through the outbox (so a re-drive
-    during a broker outage is not lost either). Recorded on the dead letter."""
+    during a broker outage is not lost either). Recorded on the dead letter.
+
+    A task of an ordering key runs again in its own place, ahead of the tasks of its key that
+    waited for it, not behind them."""
     with transaction.atomic():
         letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
         if letter.status != DeadLetter.Status.DEAD:
@@ -73,7 +82,11 @@ def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
             raise DeadLetterNotActionable(
                 f"dead letter {letter.pk}: this release has no task {letter.task_name!r}"
             )
-        message = enqueue(task, **task_kwargs(task, letter.args, letter.kwargs))
+        ordered = ordered_message_of_task(task_id=letter.task_id)
+        if ordered is not None:
+            message = ordered_message_redrive(ordered)
+        else:
+            message = enqueue(task, **task_kwargs(task, letter.args, letter.kwargs))
         letter.status = DeadLetter.Status.REDRIVEN
         letter.redriven_at = timezone.now()
         letter.redrive_count += 1
@@ -83,10 +96,15 @@ def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
 
 
 def dead_letter_discard(*, dead_letter_id: int, by: str = "") -> None:
+    """Give the task up. A task of an ordering key lets the tasks of its key that waited for it
+    run."""
     with transaction.atomic():
         letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
         if letter.status != DeadLetter.Status.DEAD:
             raise DeadLetterNotActionable(f"dead letter {letter.pk} is already {letter.status}")
+        ordered = ordered_message_of_task(task_id=letter.task_id)
+        if ordered is not None:
+            ordered_message_discard(ordered)
         letter.status = DeadLetter.Status.DISCARDED
         letter.resolved_by = by
         letter.save(update_fields=["status", "resolved_by"])

@@ -38,8 +38,22 @@ class OutboxMessage(models.Model):
     # Of those, the failures that were this row's own (the broker answered, but not for it).
     row_failures = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # Rows of one ordering key run one after the other, in `ordering_position` order
+    # (docs/ordering.md); blank for the unordered rest. Only ordered rows are ever marked
+    # finished: the next row of their key waits for exactly that.
+    ordering_key = models.CharField(max_length=200, blank=True)
+    ordering_position = models.PositiveBigIntegerField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        constraints = [
+            # Two rows in one place of a key would make "the head of the key" ambiguous.
+            models.UniqueConstraint(
+                fields=["ordering_key", "ordering_position"],
+                condition=~models.Q(ordering_key=""),
+                name="jobs_outbox_one_row_per_ordering_position",
+            ),
+        ]
         indexes = [
             # The relay's question: which pending rows are due?
             models.Index(
@@ -48,6 +62,14 @@ class OutboxMessage(models.Model):
                 name="jobs_outbox_pending_due",
             ),
             models.Index(fields=["status", "published_at"], name="jobs_outbox_published"),
+            # Ordering's questions, asked per task: is anything of this key unfinished, which is
+            # its head, does an earlier row hold this one up? Finished rows, most of a busy
+            # key's until they are pruned, stay out of it.
+            models.Index(
+                fields=["ordering_key", "ordering_position"],
+                condition=~models.Q(ordering_key="") & models.Q(finished_at__isnull=True),
+                name="jobs_outbox_order_unfinished",
+            ),
         ]
 
     def __str__(self) -> str:

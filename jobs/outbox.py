@@ -11,15 +11,21 @@ once that transaction commits. Three things can go wrong and none loses the task
 
 A message may be published twice (the relay cannot know whether a publish whose confirmation was
 lost reached the broker), which is why every task is idempotent and the row id is the task id.
+
+`enqueue(task, ordering_key="user:42", **kwargs)` also keeps the order of one key's tasks: a row
+with a key is published only once every earlier row of that key has finished, and the worker that
+finishes one publishes the next (docs/ordering.md).
 """
 
 import contextlib
+import dataclasses
 import enum
 import inspect
 import logging
 import os
 import threading
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +33,7 @@ from celery import Task
 from celery.exceptions import QueueNotFound
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -36,6 +42,7 @@ from config.celery import app
 from jobs.models import OutboxMessage
 from jobs.redis import redis_circuit
 from jobs.retry import DEFAULT_BACKOFF
+from jobs.selectors import ordering_message_unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,11 @@ logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 30
 # Rows one relay run publishes; a backlog drains over successive runs instead of one huge one.
 RELAY_BATCH = 500
+# The headers an ordered row's message carries, so that the worker finishing it knows which row
+# to mark finished and which key's next row to publish. Unordered messages carry neither, and
+# cost the worker nothing for ordering.
+ORDERED_ROW_HEADER = "jobs_outbox_row"
+ORDERING_KEY_HEADER = "jobs_ordering_key"
 
 
 class _PublishCircuit:
@@ -68,10 +80,37 @@ class _PublishCircuit:
 publish_circuit = _PublishCircuit()
 
 
-def enqueue(task: Task, /, **kwargs: Any) -> OutboxMessage:
+def enqueue(task: Task, /, *, ordering_key: str | None = None, **kwargs: Any) -> OutboxMessage:
     """Run `task(**kwargs)` once the current transaction commits; never lost, even if the broker
-    is down right now. Arguments must be JSON values (ids, not model instances)."""
-    return _outbox_write(task, kwargs=kwargs, delay=None)
+    is down right now. Arguments must be JSON values (ids, not model instances).
+
+    With an `ordering_key` (`"user:42"`), the task starts only after every task enqueued earlier
+    with the same key has finished, on whichever worker; tasks of other keys, and unordered
+    ones, run alongside. A task of the key that fails for good holds the key up until its dead
+    letter is re-driven (it runs again in its place) or discarded (the key moves on).
+    """
+    if ordering_key is None:
+        return _outbox_write(task, kwargs=kwargs, delay=None)
+    _refuse_unless_orderable(task)
+    with transaction.atomic():  # the key's lock is held until the caller's transaction ends
+        return _outbox_write(
+            task, kwargs=kwargs, delay=None, place=_ordering_place_take(ordering_key)
+        )
+
+
+class TaskCannotBeOrdered(ValueError):
+    """`enqueue(..., ordering_key=...)` of a task whose message could end without it running
+    and without a dead letter: its key would wait for it forever, silently."""
+
+
+def _refuse_unless_orderable(task: Task) -> None:
+    if not getattr(task, "idempotent", False):
+        # An early-acked message lost with its worker is never run again: a late-acked one
+        # comes back and runs again.
+        raise TaskCannotBeOrdered(f"{task.name} is not idempotent (idempotent=True)")
+    if task.expires is not None:
+        # An expired message is acknowledged without running.
+        raise TaskCannotBeOrdered(f"{task.name} declares expires={task.expires!r}")
 
 
 def enqueue_in(delay: timedelta, task: Task, /, **kwargs: Any) -> OutboxMessage:
@@ -90,9 +129,21 @@ def enqueue_retry(
     delay: timedelta,
     args: tuple | list,
     kwargs: dict[str, Any],
+    ordered_message_id: str | None = None,
 ) -> OutboxMessage:
     """The retry of a running task that could not be published (the broker failed with the
     task): kept like any durable message, under the task's id and its retry count."""
+    if ordered_message_id:
+        # An ordered task's own row waits for its retry, still the head of its key: a new row
+        # would go behind the very rows that wait for this task.
+        OutboxMessage.objects.filter(pk=ordered_message_id).update(
+            status=OutboxMessage.Status.PENDING,
+            task_id=task_id,
+            retries=retries,
+            release_at=timezone.now() + delay,
+            claimed_until=None,
+        )
+        return OutboxMessage.objects.get(pk=ordered_message_id)
     with transaction.atomic():
         return _outbox_write(
             task,
@@ -118,11 +169,12 @@ def _outbox_write(
     delay: timedelta | None,
     task_id: str = "",
     retries: int = 0,
+    place: "OrderingPlace | None" = None,
 ) -> OutboxMessage:
     now = timezone.now()
-    stays_in_database = delay is not None and (
-        delay.total_seconds() > settings.JOBS_MAX_BROKER_COUNTDOWN_SECONDS
-    )
+    stays_in_database = (
+        delay is not None and delay.total_seconds() > settings.JOBS_MAX_BROKER_COUNTDOWN_SECONDS
+    ) or (place is not None and not place.is_head)  # published by its predecessor's worker
     message = OutboxMessage.objects.create(
         task_name=task.name,
         kwargs=kwargs,
@@ -134,6 +186,8 @@ def _outbox_write(
         release_at=now + delay if delay else now,
         # Held by this process until it publishes on commit; the relay keeps off meanwhile.
         claimed_until=None if stays_in_database else now + timedelta(seconds=CLAIM_SECONDS),
+        ordering_key=place.ordering_key if place else "",
+        ordering_position=place.position if place else None,
     )
     if not stays_in_database:
         countdown = delay.total_seconds() if delay else None
@@ -141,6 +195,115 @@ def _outbox_write(
             lambda: outbox_publish(message=message, countdown=countdown), robust=True
         )
     return message
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderingPlace:
+    """Where a new row of an ordering key goes: after the key's last row, and whether it is the
+    head of the key (nothing of the key unfinished before it), hence published at once."""
+
+    ordering_key: str
+    position: int
+    is_head: bool
+
+
+def _ordering_place_take(ordering_key: str) -> OrderingPlace:
+    """The next place of the key, under the key's lock (held until the transaction ends): the
+    place taken is the order in which the rows commit, and a worker finishing the key's last row
+    meanwhile either sees this row once committed, and publishes it, or finished before, and
+    this row is the head."""
+    _ordering_key_lock(ordering_key)
+    last = OutboxMessage.objects.filter(ordering_key=ordering_key).aggregate(
+        last=Max("ordering_position")
+    )["last"]
+    return OrderingPlace(
+        ordering_key=ordering_key,
+        position=(last or 0) + 1,
+        is_head=not ordering_message_unfinished().filter(ordering_key=ordering_key).exists(),
+    )
+
+
+def _ordering_key_lock(ordering_key: str) -> None:
+    """Serialise, until the transaction ends, the writers of one key: those taking a place and
+    those marking a row finished. SQLite needs nothing: the project's transactions there are
+    IMMEDIATE, so every writer already holds the database's one write lock from its BEGIN.
+    PostgreSQL takes a transaction-level advisory lock on the key, blocking no other key."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [ordering_key])
+
+
+def ordered_message_finished(*, message_id: str, ordering_key: str) -> None:
+    """The task of an ordered row finished (it succeeded, or a person discarded its dead
+    letter): mark the row finished and publish the key's next row. The next row is claimed in
+    the same transaction (one write transaction less on the way from one task of the key to
+    the next); a crash before its publish leaves it to the relay once the claim expires, as a
+    broker outage leaves it at once."""
+    with transaction.atomic():
+        _ordering_key_lock(ordering_key)
+        OutboxMessage.objects.filter(pk=message_id, finished_at__isnull=True).update(
+            finished_at=timezone.now(), claimed_until=None
+        )
+        head = _ordering_head_claim(ordering_key=ordering_key)
+    if head is not None:
+        outbox_publish(message=head)
+
+
+def ordered_message_is_finished(*, message_id: str) -> bool:
+    """Whether an ordered row's task is done: a message of it delivered again (its worker died
+    between marking it finished and acknowledging it, or the relay published it twice) must not
+    run while the key's next task may already be running. A row pruned is long finished."""
+    return not OutboxMessage.objects.filter(pk=message_id, finished_at__isnull=True).exists()
+
+
+def _ordering_head_claim(*, ordering_key: str) -> OutboxMessage | None:
+    """The key's head (its first unfinished row), claimed, if it waits to be published and is
+    due; None when there is nothing to publish or someone else holds the row."""
+    head = (
+        ordering_message_unfinished()
+        .filter(ordering_key=ordering_key)
+        .order_by("ordering_position")
+        .first()
+    )
+    if (
+        head is None
+        or head.status != OutboxMessage.Status.PENDING
+        or head.release_at > timezone.now()
+        or not _claim(head.pk)
+    ):
+        return None
+    return head
+
+
+def ordered_message_redrive(message: OutboxMessage) -> OutboxMessage:
+    """Run a dead-lettered ordered row again in its own place, ahead of the rest of its key. It
+    goes out under a new task id: should it fail again, that is a new dead letter for a person,
+    not the re-driven one (a decision on a letter is taken once)."""
+    now = timezone.now()
+    message.status = OutboxMessage.Status.PENDING
+    message.task_id = str(uuid.uuid4())
+    message.retries = 0
+    message.row_failures = 0
+    message.release_at = now
+    message.claimed_until = now + timedelta(seconds=CLAIM_SECONDS)
+    message.save(
+        update_fields=[
+            "status", "task_id", "retries", "row_failures", "release_at", "claimed_until",
+        ]
+    )  # fmt: skip
+    transaction.on_commit(lambda: outbox_publish(message=message), robust=True)
+    return message
+
+
+def ordered_message_discard(message: OutboxMessage) -> None:
+    """Let the key of a dead-lettered ordered row move on without it, once the transaction
+    that discards its dead letter commits."""
+    transaction.on_commit(
+        lambda: ordered_message_finished(
+            message_id=str(message.pk), ordering_key=message.ordering_key
+        ),
+        robust=True,
+    )
 
 
 class Published(enum.Enum):
@@ -192,6 +355,7 @@ class _PublishingConnection(threading.local):
         try:
             app.send_task(
                 message.task_name,
+                headers=_ordering_headers(message),
                 kwargs=message.kwargs,
                 task_id=message.celery_task_id,
                 retries=message.retries,
@@ -233,6 +397,12 @@ class _PublishingConnection(threading.local):
 
 
 _publishing_connection = _PublishingConnection()
+
+
+def _ordering_headers(message: OutboxMessage) -> dict[str, str] | None:
+    if not message.ordering_key:
+        return None
+    return {ORDERED_ROW_HEADER: str(message.pk), ORDERING_KEY_HEADER: message.ordering_key}
 
 
 def _is_broker_failure(error: Exception) -> bool:
@@ -310,24 +480,31 @@ def outbox_relay(*, batch: int = RELAY_BATCH) -> int:
     LOCKED. Each claim runs from its own moment, not the run's start: a slow run's later rows
     are held as long as its first ones.
     """
+    # Of an ordering key, only its head: the rows behind it wait for it to finish. Being the
+    # head, once true, stays true until the row finishes (rows finish in order, and new ones go
+    # behind), so a relay that read it a moment ago still publishes the right row; two relays at
+    # once both see that one head, and its claim lets only one of them publish it.
+    waits_for_an_earlier_row = Exists(
+        ordering_message_unfinished().filter(
+            ordering_key=OuterRef("ordering_key"),
+            ordering_position__lt=OuterRef("ordering_position"),
+        )
+    )
     due = (
         OutboxMessage.objects.filter(
-            status=OutboxMessage.Status.PENDING, release_at__lte=timezone.now()
+            status=OutboxMessage.Status.PENDING,
+            release_at__lte=timezone.now(),
+            finished_at__isnull=True,
         )
         .exclude(claimed_until__gt=timezone.now())
+        .filter(Q(ordering_key="") | ~waits_for_an_earlier_row)
         .order_by("release_at")
         .values_list("pk", flat=True)[:batch]
     )
     published = 0
     for pk in list(due):
-        now = timezone.now()
-        claimed = (
-            OutboxMessage.objects.filter(pk=pk, status=OutboxMessage.Status.PENDING)
-            .exclude(claimed_until__gt=now)
-            .update(claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
-        )
-        if not claimed:
-            continue  # another relay (or the enqueuing request) holds it
+        if not _claim(pk):
+            continue  # another relay (or the enqueuing request, or a finishing worker) holds it
         outcome = outbox_publish(message=OutboxMessage.objects.get(pk=pk))
         if outcome is Published.BROKER_DOWN:
             break  # stop: the rest stay pending for the next run
@@ -337,10 +514,26 @@ def outbox_relay(*, batch: int = RELAY_BATCH) -> int:
     return published
 
 
+def _claim(pk) -> bool:
+    """Hold a pending row for CLAIM_SECONDS from now, if nobody holds it: one conditional UPDATE,
+    so of two publishers at once exactly one gets it, on SQLite as on PostgreSQL."""
+    now = timezone.now()
+    return bool(
+        OutboxMessage.objects.filter(pk=pk, status=OutboxMessage.Status.PENDING)
+        .exclude(claimed_until__gt=now)
+        .update(claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+    )
+
+
 def outbox_prune(*, older_than: timedelta | None = None) -> int:
-    """Delete published rows past the retention period; pending rows are never pruned."""
+    """Delete published rows past the retention period; pending rows are never pruned, nor are
+    ordered rows not finished yet (a dead-lettered one holds its key up until a person acts)."""
     older_than = older_than or timedelta(days=settings.JOBS_OUTBOX_RETENTION_DAYS)
-    deleted, _ = OutboxMessage.objects.filter(
-        status=OutboxMessage.Status.PUBLISHED, published_at__lt=timezone.now() - older_than
-    ).delete()
+    deleted, _ = (
+        OutboxMessage.objects.filter(
+            status=OutboxMessage.Status.PUBLISHED, published_at__lt=timezone.now() - older_than
+        )
+        .filter(Q(ordering_key="") | Q(finished_at__isnull=False))
+        .delete()
+    )
     return deleted
