@@ -64,4 +64,12 @@ def only_on_broker(broker: str, why: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(TEST_BROKER != broker, reason=f"{broker} only: {why}")
 
 
+# For tests of what a task does when its worker loses the broker mid-run (its retry cannot be
+# published): on RabbitMQ the worker cancels that run instead (config/celery.py), and the
+# broker delivers its message again.
+task_runs_on_when_its_worker_loses_the_broker = only_on_broker(
+    "redis", "on RabbitMQ the worker cancels the run, and the broker delivers it again"
+)
+
+
 pytest_plugins = ["tests.fixtures"]

@@ -17,6 +17,7 @@ from jobs.models import DeadLetter, OutboxMessage
 from jobs.outbox import TaskCannotBeOrdered, enqueue, outbox_relay, publish_circuit
 from jobs.redis import redis_client
 from jobs.tasks import maintenance_outbox_relay
+from tests.harness import task_runs_on_when_its_worker_loses_the_broker
 from tests.services import eventually
 from tests.worker_tasks.basics import create_user
 from tests.worker_tasks.ordering import allow_key, events, ordered_step
@@ -227,10 +228,10 @@ def test_a_database_failure_as_a_task_finishes_runs_it_again_in_its_place(
 
 
 def test_tasks_enqueued_while_the_broker_is_down_are_published_head_first_in_order(
-    no_worker_running, start_worker, redis_server
+    no_worker_running, start_worker, broker_server
 ):
     # given a broker that is down
-    redis_server.stop()
+    broker_server.stop()
     # when tasks of three keys are enqueued
     run = unique_run()
     keys = [f"{run}:{n}" for n in range(3)]
@@ -240,18 +241,19 @@ def test_tasks_enqueued_while_the_broker_is_down_are_published_head_first_in_ord
                 enqueue(ordered_step, ordering_key=key, run=run, key=str(n), item=item)
     assert OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).count() == 15
     # then, once the broker is back, the relay publishes each key's head, and only that
-    redis_server.start()
+    broker_server.start()
     publish_circuit.record_success()  # the relay's process would not share this one's memory
     assert outbox_relay() == 3
-    assert redis_server.client().llen("default") == 3
+    assert broker_server.queue_length("default") == 3
     # and a worker runs every key to its end, in order
     start_worker(concurrency=2)
     eventually(lambda: ends(run) == 15, timeout=30)
     assert_each_key_ran_in_order(run, {str(n): list(range(5)) for n in range(3)})
 
 
+@task_runs_on_when_its_worker_loses_the_broker
 def test_a_retry_kept_in_the_outbox_keeps_its_place_at_the_head_of_its_key(
-    no_worker_running, start_worker, redis_server
+    no_worker_running, start_worker, broker_server
 ):
     # given an ordered task that fails transiently just after the broker went down, and a task
     # of its key behind it
@@ -261,12 +263,12 @@ def test_a_retry_kept_in_the_outbox_keeps_its_place_at_the_head_of_its_key(
         first = enqueue(fail_once_when_told, ordering_key=run, key=run, hold_seconds=2)
         enqueue(ordered_step, ordering_key=run, run=run, key="key", item=1)
     eventually(lambda: recorded("attempts", run), timeout=20)
-    redis_server.stop()
+    broker_server.stop()
     # then its retry waits in its own row, still the head of the key, not in a row behind it
     eventually(lambda: OutboxMessage.objects.filter(pk=first.pk, retries=1).exists(), timeout=30)
     assert OutboxMessage.objects.count() == 2
     # and once the broker is back, the relay publishes the retry, not the task behind it
-    redis_server.start()
+    broker_server.start()
     OutboxMessage.objects.filter(pk=first.pk).update(release_at=timezone.now())  # its backoff
     assert outbox_relay() == 1
     # and a worker (the first one died with the broker) runs the retry, then the task behind it
@@ -277,7 +279,7 @@ def test_a_retry_kept_in_the_outbox_keeps_its_place_at_the_head_of_its_key(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_relays_at_once_publish_one_head_per_key(no_worker_running, redis_server):
+def test_two_relays_at_once_publish_one_head_per_key(no_worker_running, broker_server):
     # given ten pending rows for each of three keys, as a broker outage at commit leaves them
     publish_circuit.record_failure()  # the publish on commit is skipped: the rows stay pending
     with transaction.atomic():
@@ -303,7 +305,7 @@ def test_two_relays_at_once_publish_one_head_per_key(no_worker_running, redis_se
         thread.join()
     # then exactly the three heads went out, once each
     assert sum(published) == 3
-    assert redis_server.client().llen("default") == 3
+    assert broker_server.queue_length("default") == 3
     heads = OutboxMessage.objects.filter(status=OutboxMessage.Status.PUBLISHED)
     assert sorted(heads.values_list("ordering_key", "ordering_position")) == [
         ("a", 1), ("b", 1), ("c", 1),

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from jobs.models import OutboxMessage
 from jobs.outbox import enqueue, enqueue_in, outbox_prune, outbox_relay, publish_circuit
+from tests.harness import task_runs_on_when_its_worker_loses_the_broker
 from tests.services import eventually
 from tests.worker_tasks.basics import create_user
 from tests.worker_tasks.platform import flaky, recorded
@@ -232,6 +233,7 @@ def test_a_slow_relay_and_a_later_one_never_publish_a_row_twice(monkeypatch):
     assert not OutboxMessage.objects.exclude(status=OutboxMessage.Status.PUBLISHED).exists()
 
 
+@task_runs_on_when_its_worker_loses_the_broker
 def test_a_retry_that_cannot_be_published_waits_in_the_outbox_not_in_the_dead_letters(
     no_worker_running, start_worker, broker_server
 ):
