@@ -5,7 +5,8 @@ from celery.schedules import crontab
 from celery.signals import worker_ready
 from django.conf import settings
 
-from jobs import idempotency, outbox
+from jobs import batches, idempotency, outbox
+from jobs.base import failed_for_good
 from jobs.periodic import PeriodicJob, periodic_job_register
 
 
@@ -22,6 +23,32 @@ def maintenance_outbox_prune() -> int:
 @shared_task(name="jobs.maintenance_idempotency_keys_prune", idempotent=True)
 def maintenance_idempotency_keys_prune() -> int:
     return idempotency.idempotency_keys_prune()
+
+
+def _count_chunk_failed(task, error, task_id, args, kwargs, einfo) -> None:
+    # Only a run that failed for good (dead-lettered) counts its items failed; a run whose result
+    # Celery could not store did its work, and counted it done.
+    if failed_for_good(task, error):
+        batches.batch_chunk_fail(chunk_id=outbox.task_kwargs(task, args, kwargs)["chunk_id"])
+
+
+# The queue is the kind's handler's (jobs.batches.batch_chunk_route, first in the routes).
+@shared_task(
+    name=batches.CHUNK_TASK,
+    idempotent=True,
+    retry_policy=batches.CHUNK_RETRY,
+    on_failure=_count_chunk_failed,
+    soft_time_limit=batches.CHUNK_SOFT_TIME_LIMIT,
+    time_limit=batches.CHUNK_TIME_LIMIT,
+)
+def batch_chunk_run(chunk_id: int, kind: str = "") -> None:
+    # `kind` only routes the message; the chunk's row says what it is.
+    batches.batch_chunk_run(chunk_id=chunk_id)
+
+
+@shared_task(name="jobs.maintenance_batches_sweep", idempotent=True)
+def maintenance_batches_sweep() -> None:
+    batches.batches_sweep()
 
 
 @worker_ready.connect
@@ -58,5 +85,16 @@ periodic_job_register(
         # 03:37 UTC: quiet hours, apart from the outbox prune.
         schedule=crontab(minute=37, hour=3),
         expires_seconds=3600,
+    )
+)
+periodic_job_register(
+    PeriodicJob(
+        name="jobs.batches_sweep",
+        task=maintenance_batches_sweep.name,
+        # Every minute: a lost chunk runs at most a minute after its lease lapses (~2.5 minutes),
+        # and a run that finds nothing is two queries on partial indexes.
+        schedule=timedelta(minutes=1),
+        # A run still queued when the next is due would only repeat it.
+        expires_seconds=54,
     )
 )

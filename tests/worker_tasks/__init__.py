@@ -4,4 +4,12 @@ The test workers load this package with `--include tests.worker_tasks`; producti
 never do. One module per subject, each imported here so the worker registers them all.
 """
 
-from tests.worker_tasks import basics, periodic, platform, ratelimit, recovery, uploads  # noqa: F401
+from tests.worker_tasks import (  # noqa: F401
+    basics,
+    batches,
+    periodic,
+    platform,
+    ratelimit,
+    recovery,
+    uploads,
+)
