@@ -196,7 +196,13 @@ def test_a_chunk_failing_for_good_fails_the_batch_and_its_redrive_makes_it_succe
     listing = admin_client.get(reverse("admin:jobs_batch_changelist"), {"status": "failed"})
     assert listing.status_code == 200 and "100 %" in listing.content.decode()
     page = admin_client.get(reverse("admin:jobs_batch_change", args=[batch.pk]))
-    assert reverse("admin:jobs_batchchunk_changelist") in page.content.decode()
+    chunks_url = reverse("admin:jobs_batchchunk_changelist")
+    assert chunks_url in page.content.decode()
+    chunks = admin_client.get(chunks_url, {"batch__id__exact": batch.pk, "status": "failed"})
+    assert chunks.status_code == 200
+    assert (
+        reverse("admin:jobs_batchchunk_change", args=[failed_chunk.pk]) in chunks.content.decode()
+    )
     # when the cause is fixed and an operator re-drives the failed chunks from the admin
     redis_client().set(f"test:allow:{key}", 1)
     response = admin_client.post(
