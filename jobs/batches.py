@@ -135,8 +135,9 @@ def batch_start(
     transaction; its chunks are published once that transaction commits.
 
     `items` is read once, a chunk (`chunk_size`, by default JOBS_BATCH_CHUNK_SIZE) at a time: a
-    generator of 100,000 items never sits in memory whole. Once every item is done or failed for good, `on_complete(batch_id=…,
-    **callback_kwargs)` is enqueued, and `on_success` too if none failed, each exactly once.
+    generator of 100,000 items never sits in memory whole. Once every item is done or failed for
+    good, `on_complete(batch_id=…, **callback_kwargs)` is enqueued, and `on_success` too if none
+    failed, each exactly once.
     """
     batch_handler_for(kind)
     callbacks = {
