@@ -18,6 +18,7 @@ trip per item. Here the database is the only arbiter, and a lost message is publ
 `batches_sweep`.
 """
 
+import contextlib
 import itertools
 import json
 import logging
@@ -32,6 +33,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from config.celery import app
@@ -238,7 +240,10 @@ def _batch_publish(*, batch: Batch) -> None:
         .values_list("pk", flat=True)
         .iterator(chunk_size=2000)
     )
-    _chunks_publish((chunk_id, batch.kind) for chunk_id in chunk_ids)
+    # Closed here rather than when collected: publishing stops early when the broker fails, and
+    # a half-read cursor must be closed while its database connection is still open.
+    with contextlib.closing(chunk_ids):
+        _chunks_publish((chunk_id, batch.kind) for chunk_id in chunk_ids)
 
 
 def _chunks_publish(chunks: Iterable[tuple[int, str]]) -> int:
@@ -249,7 +254,9 @@ def _chunks_publish(chunks: Iterable[tuple[int, str]]) -> int:
         return 0  # the broker failed moments ago; waiting for it again helps nobody
     published = 0
     try:
-        with app.producer_or_acquire() as producer:
+        with _bounded_connection() as connection:
+            # As send_task makes one for a connection it is given; here one for the whole burst.
+            producer = app.amqp.Producer(connection, auto_declare=False)
             for chunk_id, kind in chunks:
                 app.send_task(
                     CHUNK_TASK,
@@ -269,6 +276,22 @@ def _chunks_publish(chunks: Iterable[tuple[int, str]]) -> int:
             published, error,
         )  # fmt: skip
     return published
+
+
+def _bounded_connection() -> Connection:
+    """A broker connection of its own for one burst of publishes, every wait bounded by
+    JOBS_PUBLISH_TIMEOUT_SECONDS and no reconnect loop, as the outbox publishes: the app's pooled
+    connections retry connecting, which held a caller 6 s with the broker down."""
+    bound = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+    return app.connection_for_write(
+        connect_timeout=bound,
+        transport_options={
+            **app.conf.broker_transport_options,
+            "socket_timeout": bound,
+            "socket_connect_timeout": bound,
+            "max_retries": 0,
+        },
+    )
 
 
 # --- running --------------------------------------------------------------------------------

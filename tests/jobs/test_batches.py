@@ -169,6 +169,21 @@ def test_a_lost_chunk_message_is_published_again_by_the_sweep(no_worker_running,
     assert _items_processed(key) == list(range(100))
 
 
+def test_a_batch_started_while_the_broker_is_down_answers_at_once(
+    no_worker_running, transactional_db, redis_server
+):
+    # given a broker that is down
+    redis_server.stop()
+    # when a batch starts
+    started = time.monotonic()
+    batch = _start(uuid.uuid4().hex, items=_items("down", 100), chunk_size=10)
+    elapsed = time.monotonic() - started
+    # then the caller waits one bounded publish attempt, not the broker client's retries, and the
+    # chunks wait, pending, for the sweep
+    assert elapsed < 2, elapsed
+    assert batch.chunks.filter(status=BatchChunk.Status.PENDING).count() == 10
+
+
 @pytest.fixture
 def admin_client(client, transactional_db):
     admin = get_user_model().objects.create_superuser("ops@example.com", "correct horse battery")
