@@ -92,7 +92,7 @@ periodic_job_register(
         name="jobs.batches_sweep",
         task=maintenance_batches_sweep.name,
         # Every minute: a lost chunk runs at most a minute after its lease lapses (~2.5 minutes),
-        # and a run that finds nothing is two queries on partial indexes.
+        # and a run that finds nothing is two small queries.
         schedule=timedelta(minutes=1),
         # A run still queued when the next is due would only repeat it.
         expires_seconds=54,
