@@ -5,6 +5,8 @@ import time
 
 from celery import Task, shared_task
 
+from jobs.batches import batch_handler
+from jobs.models import Batch
 from jobs.redis import redis_client
 
 
@@ -57,3 +59,41 @@ def step(run: str, key: str, seconds: float) -> None:
     started_at = time.time()
     time.sleep(seconds)
     redis_client().rpush(f"bench:{run}", f"{key} {started_at!r} {time.time()!r}")
+
+
+# --- bench/batches.py: the same no-op fan-out as a batch, one message per item, a group, a chord
+
+
+def _finished(run: str) -> None:
+    redis_client().rpush(f"bench:{run}", repr(time.time()))
+
+
+@batch_handler("bench.noop")
+def noop_chunk(items: list[dict], batch: Batch) -> None:
+    """A batch's no-op: the chunk's items are counted by the platform, nothing else happens."""
+
+
+@shared_task(name="bench.batch_finished", idempotent=True)
+def batch_finished(batch_id: int, run: str) -> None:
+    """A batch's on_complete: says when the last item was accounted for."""
+    _finished(run)
+
+
+@shared_task(name="bench.item_noop")
+def item_noop(run: str, total: int) -> None:
+    """One item's no-op on the platform's base task. Counting the items is the one thing it
+    does: the task that counts the last one says when the fan-out finished."""
+    if redis_client().incr(f"bench:count:{run}") == total:
+        _finished(run)
+
+
+# A chord's header must store its results: the chord counts them to know when to call back.
+@shared_task(name="bench.item_noop_result", ignore_result=False)
+def item_noop_result() -> None:
+    """One item's no-op in a chord's header."""
+
+
+@shared_task(name="bench.chord_finished")
+def chord_finished(results: list, run: str) -> None:
+    """A chord's callback, called with every header task's result."""
+    _finished(run)

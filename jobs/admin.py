@@ -1,9 +1,12 @@
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
+from jobs.batches import batch_chunks_redrive
 from jobs.deadletters import DeadLetterNotActionable, dead_letter_discard, dead_letter_redrive
-from jobs.models import DeadLetter, OutboxMessage
+from jobs.models import Batch, BatchChunk, DeadLetter, OutboxMessage
 from jobs.selectors import ordered_message_of_task, ordering_messages_held_up
 
 
@@ -76,3 +79,53 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(Batch)
+class BatchAdmin(admin.ModelAdmin):
+    list_display = [
+        "id", "kind", "owner", "status", "progress_percent", "total", "done", "failed",
+        "created_at", "finished_at",
+    ]  # fmt: skip
+    list_filter = ["status", "kind"]
+    search_fields = ["kind", "owner__email"]
+    date_hierarchy = "created_at"
+    actions = ["redrive_failed_chunks"]
+    readonly_fields = [field.name for field in Batch._meta.fields] + ["progress_percent", "chunks"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # batches come from the features that start them
+
+    @admin.display(description="progress")
+    def progress_percent(self, batch: Batch) -> str:
+        return f"{batch.progress} %"
+
+    @admin.display(description="chunks")
+    def chunks(self, batch: Batch) -> str:
+        # A link, not an inline: a batch of 100,000 items has hundreds of chunks.
+        url = reverse("admin:jobs_batchchunk_changelist") + f"?batch__id__exact={batch.pk}"
+        return format_html('<a href="{}">the chunks of this batch</a>', url)
+
+    @admin.action(description="Re-drive the failed chunks of the selected batches")
+    def redrive_failed_chunks(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+        outcome = batch_chunks_redrive(
+            batch_ids=list(queryset.values_list("pk", flat=True)), by=request.user.get_username()
+        )
+        if outcome.redriven:
+            self.message_user(request, f"{outcome.redriven} chunk(s) re-driven.", messages.SUCCESS)
+        for reason in outcome.refused:
+            self.message_user(request, reason, messages.WARNING)
+
+
+@admin.register(BatchChunk)
+class BatchChunkAdmin(admin.ModelAdmin):
+    list_display = ["batch", "index", "status", "size", "attempts", "started_at", "finished_at"]
+    list_filter = ["status", "batch__kind"]
+    list_select_related = ["batch"]
+    readonly_fields = [field.name for field in BatchChunk._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # read-only: a chunk changes only through the batch services

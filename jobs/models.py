@@ -1,5 +1,6 @@
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -121,3 +122,95 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class Batch(models.Model):
+    """A large fan-out (thousands of items) counted in the database: its items are split into
+    BatchChunk rows, one message each, and the chunk that completes the count enqueues the
+    callbacks, exactly once (jobs/batches.py)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        # Every item is accounted for and some failed for good; re-driving their chunks' dead
+        # letters can still turn it into succeeded.
+        FAILED = "failed", "failed"
+
+    kind = models.CharField(max_length=100, db_index=True)
+    # Who the work is for, when anyone: a feature's API shows its owner the progress. A plain
+    # foreign key, not a generic one, keeps the database's integrity checks; SET_NULL because a
+    # batch may outlive its owner (an account erasure's batch deletes the very user it serves,
+    # and its receipt still has to go out).
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.RUNNING)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Task names, called with batch_id= and callback_kwargs once every item is accounted for.
+    on_success = models.CharField(max_length=200, blank=True)
+    on_complete = models.CharField(max_length=200, blank=True)
+    callback_kwargs = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name_plural = "batches"
+        indexes = [
+            # The sweep's question: which batches are not finished yet?
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(status="running"),
+                name="jobs_batch_running",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
+    @property
+    def progress(self) -> int:
+        """Percent of the items accounted for (done or failed for good), 0-100."""
+        if not self.total:
+            return 100
+        return (self.done + self.failed) * 100 // self.total
+
+
+class BatchChunk(models.Model):
+    """A slice of a batch's items, run by one message of `jobs.batch_chunk_run`. The row is the
+    durable record: a message lost on the way is published again by the sweep."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    items = models.JSONField()
+    # len(items), so counting never loads the items themselves.
+    size = models.PositiveIntegerField()
+    status = models.CharField(max_length=7, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # The chunk's lease: the sweep publishes a pending chunk again once both its last publish and
+    # its last start are older than the lease (jobs/batches.py, CHUNK_LEASE).
+    published_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "index"], name="jobs_batchchunk_unique_index")
+        ]
+        indexes = [
+            # The sweep's question: which chunks are pending, oldest publish first?
+            models.Index(
+                fields=["published_at"],
+                condition=models.Q(status="pending"),
+                name="jobs_batchchunk_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of batch {self.batch_id} ({self.status})"

@@ -1,10 +1,11 @@
-"""Read queries of the job platform."""
+"""Read queries of the job platform: ordered rows and what they hold up, a batch's progress."""
 
 import uuid
+from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
-from jobs.models import OutboxMessage
+from jobs.models import Batch, OutboxMessage
 
 
 def ordering_message_unfinished() -> QuerySet[OutboxMessage]:
@@ -32,4 +33,34 @@ def ordering_messages_held_up(*, message: OutboxMessage) -> int:
         ordering_message_unfinished()
         .filter(ordering_key=message.ordering_key, ordering_position__gt=message.ordering_position)
         .count()
+    )
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    id: int
+    kind: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    pending: int
+    progress: int
+
+
+def batch_progress(*, batch_id: int) -> BatchProgress | None:
+    """Where a batch stands, for an owning feature's API; None for a batch that does not exist.
+    Read from the batch's counts, one row: cheap enough to poll."""
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        return None
+    return BatchProgress(
+        id=batch.pk,
+        kind=batch.kind,
+        status=batch.status,
+        total=batch.total,
+        done=batch.done,
+        failed=batch.failed,
+        pending=batch.total - batch.done - batch.failed,
+        progress=batch.progress,
     )

@@ -6,7 +6,8 @@ from celery.signals import worker_ready
 from django.conf import settings
 
 from config.celery import app
-from jobs import brokers, idempotency, outbox
+from jobs import batches, brokers, idempotency, outbox
+from jobs.base import failed_for_good
 from jobs.periodic import PeriodicJob, periodic_job_register
 
 
@@ -38,6 +39,32 @@ def declare_the_broker_dead_letter_queue(sender, **kwargs) -> None:
     if brokers.broker_is_rabbitmq():
         with app.connection_for_write() as connection:
             brokers.dead_letter_queue_declare(connection)
+
+
+def _count_chunk_failed(task, error, task_id, args, kwargs, einfo) -> None:
+    # Only a run that failed for good (dead-lettered) counts its items failed; a run whose result
+    # Celery could not store did its work, and counted it done.
+    if failed_for_good(task, error):
+        batches.batch_chunk_fail(chunk_id=outbox.task_kwargs(task, args, kwargs)["chunk_id"])
+
+
+# The queue is the kind's handler's (jobs.batches.batch_chunk_route, first in the routes).
+@shared_task(
+    name=batches.CHUNK_TASK,
+    idempotent=True,
+    retry_policy=batches.CHUNK_RETRY,
+    on_failure=_count_chunk_failed,
+    soft_time_limit=batches.CHUNK_SOFT_TIME_LIMIT,
+    time_limit=batches.CHUNK_TIME_LIMIT,
+)
+def batch_chunk_run(chunk_id: int, kind: str = "") -> None:
+    # `kind` only routes the message; the chunk's row says what it is.
+    batches.batch_chunk_run(chunk_id=chunk_id)
+
+
+@shared_task(name="jobs.maintenance_batches_sweep", idempotent=True)
+def maintenance_batches_sweep() -> None:
+    batches.batches_sweep()
 
 
 @worker_ready.connect
@@ -86,3 +113,16 @@ if brokers.broker_is_rabbitmq():
             expires_seconds=50,
         )
     )
+
+
+periodic_job_register(
+    PeriodicJob(
+        name="jobs.batches_sweep",
+        task=maintenance_batches_sweep.name,
+        # Every minute: a lost chunk runs at most a minute after its lease lapses (~2.5 minutes),
+        # and a run that finds nothing is two small queries.
+        schedule=timedelta(minutes=1),
+        # A run still queued when the next is due would only repeat it.
+        expires_seconds=54,
+    )
+)

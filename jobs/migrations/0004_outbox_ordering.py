@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0002_outbox_row_failures_and_retries"),
+        ("jobs", "0003_batches"),
     ]
 
     operations = [

@@ -6,6 +6,7 @@ never do. One module per subject, each imported here so the worker registers the
 
 from tests.worker_tasks import (  # noqa: F401
     basics,
+    batches,
     ordering,
     periodic,
     platform,
