@@ -33,13 +33,12 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from config.celery import app
 from jobs.deadletters import DeadLetterNotActionable, dead_letter_redrive
 from jobs.models import Batch, BatchChunk, DeadLetter
-from jobs.outbox import enqueue, publish_circuit
+from jobs.outbox import bounded_publishing_connection, enqueue, publish_circuit
 from jobs.retry import NETWORK_ERRORS, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -254,7 +253,7 @@ def _chunks_publish(chunks: Iterable[tuple[int, str]]) -> int:
         return 0  # the broker failed moments ago; waiting for it again helps nobody
     published = 0
     try:
-        with _bounded_connection() as connection:
+        with bounded_publishing_connection() as connection:
             # As send_task makes one for a connection it is given; here one for the whole burst.
             producer = app.amqp.Producer(connection, auto_declare=False)
             for chunk_id, kind in chunks:
@@ -266,6 +265,7 @@ def _chunks_publish(chunks: Iterable[tuple[int, str]]) -> int:
                     task_id=f"{CHUNK_TASK}:{chunk_id}",
                     producer=producer,
                     retry=False,  # the sweep is the retry
+                    timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
                     ignore_result=True,
                 )
                 published += 1
@@ -276,22 +276,6 @@ def _chunks_publish(chunks: Iterable[tuple[int, str]]) -> int:
             published, error,
         )  # fmt: skip
     return published
-
-
-def _bounded_connection() -> Connection:
-    """A broker connection of its own for one burst of publishes, every wait bounded by
-    JOBS_PUBLISH_TIMEOUT_SECONDS and no reconnect loop, as the outbox publishes: the app's pooled
-    connections retry connecting, which held a caller 6 s with the broker down."""
-    bound = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
-    return app.connection_for_write(
-        connect_timeout=bound,
-        transport_options={
-            **app.conf.broker_transport_options,
-            "socket_timeout": bound,
-            "socket_connect_timeout": bound,
-            "max_retries": 0,
-        },
-    )
 
 
 # --- running --------------------------------------------------------------------------------

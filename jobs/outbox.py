@@ -376,16 +376,7 @@ class _PublishingConnection(threading.local):
     def _connection(self) -> Connection:
         # Per process too: a connection inherited across fork shares its socket with the parent.
         if self.connection is None or self.pid != os.getpid():
-            bound = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
-            self.connection = app.connection_for_write(
-                connect_timeout=bound,
-                transport_options={
-                    **app.conf.broker_transport_options,
-                    "socket_timeout": bound,
-                    "socket_connect_timeout": bound,
-                    "max_retries": 0,
-                },
-            )
+            self.connection = bounded_publishing_connection()
             self.pid = os.getpid()
         return self.connection
 
@@ -397,6 +388,24 @@ class _PublishingConnection(threading.local):
 
 
 _publishing_connection = _PublishingConnection()
+
+
+def bounded_publishing_connection() -> Connection:
+    """A broker connection whose every wait is bounded by JOBS_PUBLISH_TIMEOUT_SECONDS
+    (connecting, each socket read and write), with no reconnect loop: for publishes a caller
+    waits for, which something durable (the outbox relay, the batches' sweep) retries. Pass
+    `timeout=JOBS_PUBLISH_TIMEOUT_SECONDS` to each publish too: it bounds the wait for
+    RabbitMQ's confirmation."""
+    bound = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+    return app.connection_for_write(
+        connect_timeout=bound,
+        transport_options={
+            **app.conf.broker_transport_options,
+            "socket_timeout": bound,
+            "socket_connect_timeout": bound,
+            "max_retries": 0,
+        },
+    )
 
 
 def _ordering_headers(message: OutboxMessage) -> dict[str, str] | None:

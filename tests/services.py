@@ -43,6 +43,35 @@ def eventually(probe: Callable[[], T], *, timeout: float = 15.0, interval: float
         time.sleep(interval)
 
 
+def at_the_same_moment(*calls: Callable[[], T]) -> list[T]:
+    """Run `calls` in threads released together by a barrier, each with its own database
+    connection (closed as it ends), and return their results in order. An exception in any of
+    them is raised here, rather than lost with its thread."""
+    from django.db import connection
+
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int, call: Callable[[], T]) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = call()
+        except Exception as error:  # re-raised below, in the test's thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return results
+
+
 class HungServer:
     """A TCP listener that accepts connections and never answers: a dependency that hangs (a
     frozen process, a dropped route) rather than one that refuses connections.

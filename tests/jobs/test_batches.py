@@ -2,7 +2,6 @@
 messages recovered by the sweep, failed chunks re-driven, memory flat however many items."""
 
 import math
-import threading
 import time
 import tracemalloc
 import uuid
@@ -10,7 +9,7 @@ import uuid
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -28,7 +27,7 @@ from jobs.outbox import publish_circuit
 from jobs.redis import redis_client
 from jobs.selectors import batch_progress
 from jobs.tasks import batch_chunk_run
-from tests.services import eventually
+from tests.services import at_the_same_moment, eventually
 from tests.worker_tasks import batches as handlers
 from tests.worker_tasks.platform import recorded
 
@@ -71,10 +70,11 @@ def _callbacks_enqueued(batch: Batch) -> tuple[int, int]:
     return count(handlers.batch_succeeded), count(handlers.batch_completed)
 
 
-def _broker_drained() -> bool:
-    """No message waiting in a queue or taken and not yet acknowledged (kombu's `unacked`)."""
-    client = redis_client()
-    return not client.hlen("unacked") and not any(map(client.llen, ("default", "maintenance")))
+def _broker_drained(broker_server) -> bool:
+    """No message waiting in a queue, nor (on Redis, kombu's `unacked`) taken and not yet
+    acknowledged."""
+    waiting = any(broker_server.queue_length(queue) for queue in ("default", "maintenance"))
+    return not waiting and not redis_client().hlen("unacked")
 
 
 def test_a_batch_completes_and_its_callbacks_run_exactly_once(celery_worker):
@@ -95,7 +95,7 @@ def test_a_batch_completes_and_its_callbacks_run_exactly_once(celery_worker):
     assert (progress.done, progress.failed, progress.pending, progress.progress) == (300, 0, 0, 100)
 
 
-def test_a_chunk_whose_message_is_published_twice_counts_once(celery_worker):
+def test_a_chunk_whose_message_is_published_twice_counts_once(celery_worker, broker_server):
     # given a batch whose every chunk message is published a second time, as a relay or a
     # redelivery would, while the first ones run
     key = uuid.uuid4().hex
@@ -104,7 +104,7 @@ def test_a_chunk_whose_message_is_published_twice_counts_once(celery_worker):
         batch_chunk_run.apply_async(kwargs={"chunk_id": chunk_id, "kind": batch.kind})
     # when all of them have run
     eventually(lambda: _callbacks(key) == (1, 1), timeout=30)
-    eventually(_broker_drained, timeout=30)
+    eventually(lambda: _broker_drained(broker_server), timeout=30)
     # then every item counts once and the callbacks were enqueued and ran once
     batch.refresh_from_db()
     assert (batch.status, batch.done, batch.failed) == ("succeeded", 300, 0)
@@ -123,25 +123,10 @@ def test_chunks_completing_at_the_same_moment_finish_the_batch_once(
     first, second = batch.chunks.order_by("index").values_list("pk", flat=True)
     targets = [first, first] if same_chunk else [first, second]
     # when two threads complete them at the same instant
-    barrier = threading.Barrier(2)
-    outcomes, errors = [], []
-
-    def complete(chunk_id: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            outcomes.append(batch_chunk_complete(chunk_id=chunk_id))
-        except Exception as error:  # reported below: a thread's exception is otherwise lost
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=complete, args=(chunk_id,)) for chunk_id in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    outcomes = at_the_same_moment(
+        *(lambda chunk_id=chunk_id: batch_chunk_complete(chunk_id=chunk_id) for chunk_id in targets)
+    )
     # then each chunk counted once, and the callbacks were enqueued once
-    assert not errors
     assert sorted(outcomes) == ([False, True] if same_chunk else [True, True])
     batch.refresh_from_db()
     expected = ("running", 10) if same_chunk else ("succeeded", 20)
@@ -149,11 +134,13 @@ def test_chunks_completing_at_the_same_moment_finish_the_batch_once(
     assert _callbacks_enqueued(batch) == ((0, 0) if same_chunk else (1, 1))
 
 
-def test_a_lost_chunk_message_is_published_again_by_the_sweep(no_worker_running, start_worker):
+def test_a_lost_chunk_message_is_published_again_by_the_sweep(
+    no_worker_running, start_worker, broker_server
+):
     # given a batch whose messages the broker lost before any worker took them
     key = uuid.uuid4().hex
     batch = _start(key, items=_items(key, 100), chunk_size=25)
-    eventually(lambda: redis_client().llen("default") == 4)
+    eventually(lambda: broker_server.queue_length("default") == 4)
     app.control.purge()
     # when a sweep runs before the chunks' lease lapsed, it leaves them alone
     assert batches_sweep().republished == 0
@@ -170,10 +157,10 @@ def test_a_lost_chunk_message_is_published_again_by_the_sweep(no_worker_running,
 
 
 def test_a_batch_started_while_the_broker_is_down_answers_at_once(
-    no_worker_running, transactional_db, redis_server
+    no_worker_running, transactional_db, broker_server
 ):
     # given a broker that is down
-    redis_server.stop()
+    broker_server.stop()
     # when a batch starts
     started = time.monotonic()
     batch = _start(uuid.uuid4().hex, items=_items("down", 100), chunk_size=10)

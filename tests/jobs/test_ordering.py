@@ -2,13 +2,12 @@
 of its key has finished, across workers; other keys run alongside (docs/ordering.md)."""
 
 import random
-import threading
 import uuid
 from collections import defaultdict
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -18,7 +17,7 @@ from jobs.outbox import TaskCannotBeOrdered, enqueue, outbox_relay, publish_circ
 from jobs.redis import redis_client
 from jobs.tasks import maintenance_outbox_relay
 from tests.harness import task_runs_on_when_its_worker_loses_the_broker
-from tests.services import eventually
+from tests.services import at_the_same_moment, eventually
 from tests.worker_tasks.basics import create_user
 from tests.worker_tasks.ordering import allow_key, events, ordered_step
 from tests.worker_tasks.platform import fail_once_when_told, recorded
@@ -288,21 +287,7 @@ def test_two_relays_at_once_publish_one_head_per_key(no_worker_running, broker_s
                 enqueue(ordered_step, ordering_key=key, run="r", key=key, item=item)
     publish_circuit.record_success()
     # when two relays run at the same moment
-    published: list[int] = []
-    barrier = threading.Barrier(2)
-
-    def relay() -> None:
-        barrier.wait()
-        try:
-            published.append(outbox_relay())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=relay) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    published = at_the_same_moment(outbox_relay, outbox_relay)
     # then exactly the three heads went out, once each
     assert sum(published) == 3
     assert broker_server.queue_length("default") == 3

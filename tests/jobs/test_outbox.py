@@ -13,7 +13,7 @@ from django.utils import timezone
 from jobs.models import OutboxMessage
 from jobs.outbox import enqueue, enqueue_in, outbox_prune, outbox_relay, publish_circuit
 from tests.harness import task_runs_on_when_its_worker_loses_the_broker
-from tests.services import eventually
+from tests.services import at_the_same_moment, eventually
 from tests.worker_tasks.basics import create_user
 from tests.worker_tasks.platform import flaky, recorded
 
@@ -104,23 +104,7 @@ def test_two_relays_at_once_publish_each_row_exactly_once(no_worker_running, bro
         for i in range(60)
     )
     # when two relays run at the same moment
-    published: list[int] = []
-    barrier = threading.Barrier(2)
-
-    def relay() -> None:
-        barrier.wait()
-        try:
-            published.append(outbox_relay())
-        finally:
-            from django.db import connection
-
-            connection.close()
-
-    threads = [threading.Thread(target=relay) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    published = at_the_same_moment(outbox_relay, outbox_relay)
     # then the rows were split between them, none twice
     assert sum(published) == 60
     assert broker_server.queue_length("default") == 60
