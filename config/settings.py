@@ -299,10 +299,10 @@ JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS = env.int("JOBS_OUTBOX_MAX_PUBLISH_ATTEMPTS", d
 # outbox's retention and any redelivery.
 JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS = env.int("JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS", default=30)
 # Items per chunk of a batch (jobs/batches.py), one message each. A chunk's fixed cost (its
-# message, its run, the transactions that count it) was 10-20 ms in bench/batches.py: at 500 items
-# that is ~25 us an item, a few percent of any item that does a millisecond of work, while a chunk
+# message, its run, the transactions that count it) was 10-25 ms in bench/batches.py: at 500 items
+# that is ~30 us an item, a few percent of any item that does a millisecond of work, while a chunk
 # of items taking up to 20 ms each still ends within 10 s, far inside its 60 s soft limit. Smaller
-# chunks pay the cost every few items (no-ops: 9,400 items/s at 100, 38,000 at 500); larger ones
+# chunks pay the cost every few items (no-ops: 8,000 items/s at 100, 35,000 at 500); larger ones
 # gain only on no-ops, spread less across workers and run more items again when one fails. A kind
 # whose items take longer passes its own chunk_size to batch_start.
 JOBS_BATCH_CHUNK_SIZE = env.int("JOBS_BATCH_CHUNK_SIZE", default=500)

@@ -156,6 +156,21 @@ def test_a_lost_chunk_message_is_published_again_by_the_sweep(
     assert _items_processed(key) == list(range(100))
 
 
+def test_the_sweep_leaves_a_chunk_that_is_running_alone(no_worker_running, transactional_db):
+    # given a batch of two chunks published long ago, one of which a worker started just now
+    batch = _start(uuid.uuid4().hex, items=_items("running", 20), chunk_size=10)
+    app.control.purge()
+    long_ago = timezone.now() - CHUNK_LEASE * 2
+    batch.chunks.update(published_at=long_ago)
+    running = batch.chunks.order_by("index").first()
+    BatchChunk.objects.filter(pk=running.pk).update(started_at=timezone.now())
+    # when the sweep runs
+    report = batches_sweep()
+    # then only the chunk nobody runs is published again
+    assert report.republished == 1
+    assert BatchChunk.objects.get(pk=running.pk).published_at == long_ago
+
+
 def test_a_batch_started_while_the_broker_is_down_answers_at_once(
     no_worker_running, transactional_db, broker_server
 ):
