@@ -147,9 +147,16 @@ def test_the_time_limits_must_fit_in_rabbitmqs_consumer_timeout(settings):
 
 
 def test_the_platform_must_dead_letter_a_poison_message_before_rabbitmq_does(settings):
+    # given RabbitMQ, and a platform limit the broker's delivery limit would reach first
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
     settings.JOBS_MAX_DELIVERIES = BROKER_DELIVERY_LIMIT
+    # then the system check names the problem
     assert "jobs.E006" in {message.id for message in run_checks()}
+    # and not with the default limit, nor on Redis, which has no delivery limit of its own
     settings.JOBS_MAX_DELIVERIES = 3
+    assert "jobs.E006" not in {message.id for message in run_checks()}
+    settings.JOBS_MAX_DELIVERIES = BROKER_DELIVERY_LIMIT
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
     assert "jobs.E006" not in {message.id for message in run_checks()}
 
 
