@@ -351,6 +351,18 @@ class _PublishingConnection(threading.local):
     pid: int | None = None
 
     def send(self, *, message: OutboxMessage, countdown: float | None) -> None:
+        kept = self.connection is not None and self.pid == os.getpid()
+        try:
+            self._send(message=message, countdown=countdown)
+        except Exception as error:
+            if not (kept and _is_broker_failure(error)):
+                raise
+            # A connection kept from an earlier publish may have died with a broker restarted
+            # since, which says nothing about the broker now: one attempt on a fresh connection,
+            # bounded like the first, decides.
+            self._send(message=message, countdown=countdown)
+
+    def _send(self, *, message: OutboxMessage, countdown: float | None) -> None:
         connection = self._connection()
         try:
             app.send_task(

@@ -280,3 +280,20 @@ def test_a_publish_that_the_broker_never_confirms_fails_in_bounded_time(broker_s
     # then it gives up after the broker's reply timeout, as a publish to a hung Redis does
     reply_timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["socket_timeout"]
     assert reply_timeout <= elapsed < reply_timeout + 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_first_publish_after_a_broker_restart_goes_out_at_once(
+    no_worker_running, broker_server
+):
+    # given a process whose publishing connection is open from an earlier publish
+    with transaction.atomic():
+        enqueue(create_user_once, key=unique_key())
+    # when the broker restarts, and the process publishes again
+    broker_server.stop()
+    broker_server.start()
+    with transaction.atomic():
+        message = enqueue(create_user_once, key=unique_key())
+    # then that publish went out, on a fresh connection, instead of waiting for the relay
+    message.refresh_from_db()
+    assert message.status == OutboxMessage.Status.PUBLISHED
