@@ -2,8 +2,10 @@
 
 import os
 
-# Connects what a worker does as it starts: its pool processes keep freed memory for their next
-# task (only a worker sends the signal).
+# Connect what a worker does as it starts and around each task (only a worker sends those
+# signals): its pool processes keep freed memory for their next task, and their database
+# connections under Django's CONN_MAX_AGE.
+import jobs.connections
 import jobs.memory  # noqa: F401
 from jobs.brokers import PlatformCelery, broker_is_rabbitmq, work_queues
 

@@ -102,10 +102,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": env.str("SQLITE_TEST_DATABASE", default=str(VAR_DIR / "test-db.sqlite3"))
     }
-else:
-    # Reuse connections across requests; the health check drops ones the server closed.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Reuse connections across requests and, in workers, across tasks (jobs/connections.py); the
+# health check drops ones the server closed.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -232,6 +232,10 @@ CELERY_TASK_ROUTES = [
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
 # Recycle pool processes: Pillow and WeasyPrint fragment memory over time.
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD", default=500)
+# Celery closes a worker's database connections around every task unless this is set; the worker
+# keeps them as a web process does, under CONN_MAX_AGE (jobs/connections.py), and Celery closes
+# them every this many tasks besides.
+CELERY_DB_REUSE_MAX = 1000
 # ...and replace a child as soon as it grows past this many KiB (checked after each task).
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=512_000)
 # No task may hold a worker slot forever: the soft limit raises inside the task so it can clean

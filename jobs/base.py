@@ -43,7 +43,7 @@ from jobs.outbox import (
     ORDERING_KEY_HEADER,
     enqueue_retry,
     ordered_message_finished,
-    ordered_message_is_finished,
+    ordered_run_start,
 )
 from jobs.redis import redis_client
 from jobs.retry import DEFAULT_BACKOFF, NEVER_RETRY, RetryPolicy, TransientError
@@ -99,9 +99,14 @@ class PlatformTask(DjangoTask):
         # Only an ordered message has headers of the platform's own: for the others this costs
         # a dictionary lookup, no round trip.
         ordered_message_id = (request.headers or {}).get(ORDERED_ROW_HEADER)
-        if ordered_message_id and self._ordering_step(
-            lambda: ordered_message_is_finished(message_id=ordered_message_id), started, attempt
-        ):
+        ordered_run = ordered_message_id and self._ordering_step(
+            lambda: ordered_run_start(
+                message_id=ordered_message_id, ordering_key=request.headers[ORDERING_KEY_HEADER]
+            ),
+            started,
+            attempt,
+        )
+        if ordered_run and ordered_run.finished:
             # Its worker died after marking it finished, before the acknowledgement, or the
             # relay published it twice: the next task of its key may be running already.
             self._log_outcome("skip", started, attempt)
@@ -166,11 +171,12 @@ class PlatformTask(DjangoTask):
             raise
         if counted:
             self._forget_deliveries(delivery_key)
-        if ordered_message_id:
+        if ordered_run:
             self._ordering_step(
                 lambda: ordered_message_finished(
                     message_id=ordered_message_id,
                     ordering_key=request.headers[ORDERING_KEY_HEADER],
+                    successor=ordered_run.successor,
                 ),
                 started,
                 attempt,

@@ -33,7 +33,7 @@ from celery import Task
 from celery.exceptions import QueueNotFound
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, F, Max, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, Subquery
 from django.utils import timezone
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -211,15 +211,19 @@ def _ordering_place_take(ordering_key: str) -> OrderingPlace:
     """The next place of the key, under the key's lock (held until the transaction ends): the
     place taken is the order in which the rows commit, and a worker finishing the key's last row
     meanwhile either sees this row once committed, and publishes it, or finished before, and
-    this row is the head."""
+    this row is the head. Rows finish in the order of their places, so nothing of the key is
+    unfinished if its last row is finished (or gone: pruned, long finished)."""
     _ordering_key_lock(ordering_key)
-    last = OutboxMessage.objects.filter(ordering_key=ordering_key).aggregate(
-        last=Max("ordering_position")
-    )["last"]
+    last = (
+        OutboxMessage.objects.filter(ordering_key=ordering_key)
+        .order_by("-ordering_position")
+        .values("ordering_position", "finished_at")
+        .first()
+    )
     return OrderingPlace(
         ordering_key=ordering_key,
-        position=(last or 0) + 1,
-        is_head=not ordering_message_unfinished().filter(ordering_key=ordering_key).exists(),
+        position=last["ordering_position"] + 1 if last else 1,
+        is_head=last is None or last["finished_at"] is not None,
     )
 
 
@@ -233,27 +237,67 @@ def _ordering_key_lock(ordering_key: str) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [ordering_key])
 
 
-def ordered_message_finished(*, message_id: str, ordering_key: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class OrderedRun:
+    """What a worker about to run an ordered row's task reads of its key, in one query: whether
+    the row is finished already (a message delivered again: acknowledged unrun) and the row
+    after it, which the worker publishes the moment the task finishes."""
+
+    finished: bool
+    successor: OutboxMessage | None
+
+
+def ordered_run_start(*, message_id: str, ordering_key: str) -> OrderedRun:
+    """The row and its successor: the key's first two unfinished rows from the row's place on.
+    The row is finished if it is not the first of them (or is gone: a row pruned is long
+    finished). A message of a finished row comes back when its worker died between marking it
+    finished and acknowledging it, or when the relay published it twice; it must not run while
+    the key's next task may be running already."""
+    position = OutboxMessage.objects.filter(pk=message_id).values("ordering_position")
+    rows = list(
+        ordering_message_unfinished()
+        .filter(ordering_key=ordering_key, ordering_position__gte=Subquery(position))
+        .order_by("ordering_position")[:2]
+    )
+    if not rows or str(rows[0].pk) != message_id:
+        return OrderedRun(finished=True, successor=None)
+    return OrderedRun(finished=False, successor=rows[1] if len(rows) > 1 else None)
+
+
+def ordered_message_finished(
+    *, message_id: str, ordering_key: str, successor: OutboxMessage | None = None
+) -> None:
     """The task of an ordered row finished (it succeeded, or a person discarded its dead
-    letter): mark the row finished and publish the key's next row. The next row is claimed in
-    the same transaction (one write transaction less on the way from one task of the key to
-    the next); a crash before its publish leaves it to the relay once the claim expires, as a
-    broker outage leaves it at once."""
+    letter): publish the key's next row, then mark this row finished and the next one published,
+    in one write transaction.
+
+    `successor` is the next row as read when the task started. Nobody else publishes it
+    meanwhile: the relay publishes only a key's head, and until the mark commits this row is the
+    head. Should the worker die between the publish and the mark, its message comes back and the
+    task runs again (it is idempotent), as when it dies between the mark and the acknowledgement.
+    A row enqueued while the task ran (or without a `successor`, the next row), or a successor
+    the broker refused, is claimed under the key's lock once this row is marked, and published
+    after commit or left to the relay."""
+    due = (
+        successor is not None
+        and successor.status == OutboxMessage.Status.PENDING
+        and successor.release_at <= timezone.now()
+    )
+    finished = OutboxMessage.objects.filter(pk=message_id, finished_at__isnull=True)
+    if due and outbox_send(message=successor) is Published.YES:
+        # Without the key's lock: the successor, unfinished, stays the head whatever is enqueued
+        # meanwhile, and the enqueuer's row goes behind it.
+        now = timezone.now()
+        with transaction.atomic():
+            finished.update(finished_at=now, claimed_until=None)
+            _published_mark(successor, now=now)
+        return
     with transaction.atomic():
         _ordering_key_lock(ordering_key)
-        OutboxMessage.objects.filter(pk=message_id, finished_at__isnull=True).update(
-            finished_at=timezone.now(), claimed_until=None
-        )
+        finished.update(finished_at=timezone.now(), claimed_until=None)
         head = _ordering_head_claim(ordering_key=ordering_key)
-    if head is not None:
+    if head is not None and not (due and head == successor):  # just refused: the relay's now
         outbox_publish(message=head)
-
-
-def ordered_message_is_finished(*, message_id: str) -> bool:
-    """Whether an ordered row's task is done: a message of it delivered again (its worker died
-    between marking it finished and acknowledging it, or the relay published it twice) must not
-    run while the key's next task may already be running. A row pruned is long finished."""
-    return not OutboxMessage.objects.filter(pk=message_id, finished_at__isnull=True).exists()
 
 
 def _ordering_head_claim(*, ordering_key: str) -> OutboxMessage | None:
@@ -315,6 +359,15 @@ class Published(enum.Enum):
 def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) -> Published:
     """Publish one claimed row and mark it published. Never raises: a failure leaves the row
     pending (claim released) for the relay, which is the whole point of the outbox."""
+    outcome = outbox_send(message=message, countdown=countdown)
+    if outcome is Published.YES:
+        _mark_published(message)
+    return outcome
+
+
+def outbox_send(*, message: OutboxMessage, countdown: float | None = None) -> Published:
+    """`outbox_publish` without marking the row published: for a caller that marks it in a
+    transaction of its own."""
     if not publish_circuit.allows_publishing() or _broker_is_a_redis_that_just_failed():
         _release_claim(message, error="skipped: broker failed moments ago")
         return Published.BROKER_DOWN
@@ -329,7 +382,6 @@ def outbox_publish(*, message: OutboxMessage, countdown: float | None = None) ->
         _release_claim(message, error=repr(error))
         return Published.BROKER_DOWN
     publish_circuit.record_success()
-    _mark_published(message)
     return Published.YES
 
 
@@ -481,9 +533,13 @@ def _mark_published(message: OutboxMessage) -> None:
             # task already tolerates. It halves the outbox's cost per task (bench/queue.py).
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        OutboxMessage.objects.filter(pk=message.pk).update(
-            status=OutboxMessage.Status.PUBLISHED, published_at=timezone.now(), claimed_until=None
-        )
+        _published_mark(message, now=timezone.now())
+
+
+def _published_mark(message: OutboxMessage, *, now) -> None:
+    OutboxMessage.objects.filter(pk=message.pk).update(
+        status=OutboxMessage.Status.PUBLISHED, published_at=now, claimed_until=None
+    )
 
 
 def _release_claim(message: OutboxMessage, *, error: str) -> None:

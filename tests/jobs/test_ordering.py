@@ -92,6 +92,29 @@ def test_each_key_runs_in_enqueue_order_across_two_workers(no_worker_running, st
     assert not OutboxMessage.objects.filter(finished_at__isnull=True).exists()
 
 
+def test_a_task_enqueued_while_the_one_before_it_runs_is_published_by_that_ones_worker(
+    no_worker_running, start_worker
+):
+    # given a worker (and no relay: no beat runs here) and a task of a key that runs a while
+    start_worker(concurrency=2)
+    run = unique_run()
+    enqueue(ordered_step, ordering_key="user:1", run=run, key="user:1", item=0, seconds=1.0)
+    eventually(lambda: ("start", "user:1", 0) in events(run), timeout=20)
+    # when the next task of its key is enqueued while it runs (its worker read no successor)
+    second = enqueue(ordered_step, ordering_key="user:1", run=run, key="user:1", item=1)
+    second.refresh_from_db()
+    assert second.status == OutboxMessage.Status.PENDING
+    # then the first one's worker publishes it as the first finishes, and it runs after it
+    eventually(lambda: ends(run) == 2, timeout=20)
+    assert_each_key_ran_in_order(run, {"user:1": [0, 1]})
+    # and once nothing of the key is unfinished, a new task of it is its head, published at once
+    eventually(lambda: not OutboxMessage.objects.filter(finished_at__isnull=True).exists())
+    third = enqueue(ordered_step, ordering_key="user:1", run=run, key="user:1", item=2)
+    third.refresh_from_db()
+    assert (third.ordering_position, third.status) == (3, OutboxMessage.Status.PUBLISHED)
+    eventually(lambda: ends(run) == 3, timeout=20)
+
+
 @pytest.fixture
 def admin_client(client, transactional_db):
     admin = get_user_model().objects.create_superuser("ops@example.com", "correct horse battery")

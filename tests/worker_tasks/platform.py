@@ -133,3 +133,21 @@ def page_faults_of_a_reused_buffer(key: str, megabytes: int) -> None:
     reused[:: resource.getpagesize()] = b"\x01" * len(pages)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     record("faults", key, f"{faults} {len(pages)}")
+
+
+@shared_task(name="tests.database_session", idempotent=True)
+def database_session(key: str) -> None:
+    """Records which database session served it and how many tasks that session served before:
+    a temporary table lives as long as its session, on SQLite as on PostgreSQL."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS tests_session_tasks (n integer)")
+        cursor.execute("INSERT INTO tests_session_tasks VALUES (1)")
+        cursor.execute("SELECT count(*) FROM tests_session_tasks")
+        served = cursor.fetchone()[0]
+        backend = ""
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+    record("database-session", key, f"{served} {backend}")

@@ -1,0 +1,52 @@
+"""A worker keeps its database connection from one task to the next, as a web process keeps it
+from one request to the next, and drops one the server closed (jobs/connections.py)."""
+
+import uuid
+
+import pytest
+from django.db import connection
+
+from tests.services import eventually
+from tests.worker_tasks.platform import database_session, recorded
+
+
+def sessions(key: str) -> list[tuple[int, str]]:
+    """(tasks the session had served, counting this one; its server process on PostgreSQL)"""
+    return [
+        (int(served), backend)
+        for served, backend in (value.split(" ") for _, value in recorded("database-session", key))
+    ]
+
+
+def test_a_worker_keeps_its_database_connection_between_tasks(no_worker_running, start_worker):
+    # given a worker with one pool process
+    start_worker(concurrency=1)
+    key = uuid.uuid4().hex
+    # when it runs three tasks that use the database, one after the other
+    for expected in range(1, 4):
+        database_session.delay(key=key)
+        eventually(lambda expected=expected: len(sessions(key)) == expected, timeout=20)
+    # then one database session served all three (Celery alone would open one per task)
+    assert [served for served, _ in sessions(key)] == [1, 2, 3]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL only: a server that closes a session"
+)
+def test_a_connection_the_database_closed_between_tasks_costs_the_next_task_nothing(
+    no_worker_running, start_worker
+):
+    # given a worker whose pool process holds a database session
+    worker = start_worker(concurrency=1)
+    key = uuid.uuid4().hex
+    database_session.delay(key=key)
+    eventually(lambda: len(sessions(key)) == 1, timeout=20)
+    [(_, backend)] = sessions(key)
+    # when the server ends that session (a restart, a failover, an idle timeout)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [int(backend)])
+    # then the next task runs at its first attempt, on a new session
+    database_session.delay(key=key)
+    eventually(lambda: len(sessions(key)) == 2, timeout=20)
+    assert sessions(key)[1][0] == 1 and sessions(key)[1][1] != backend
+    assert "outcome=retry" not in worker.logfile.read_text()
