@@ -2,10 +2,12 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from accounts.emails import email_delivery_resend
 from accounts.forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm
-from accounts.models import EmailDelivery, User
+from accounts.models import AccountErasure, EmailDelivery, User
 
 # The admin's login counts failed passwords with the API's and the pages' (accounts/throttling.py).
 admin.site.login_form = AdminLoginForm
@@ -16,13 +18,27 @@ class UserAdmin(DjangoUserAdmin):
     form = AdminUserEditForm
     add_form = AdminUserAddForm
     ordering = ["-date_joined"]
-    list_display = ["email", "email_verified_at", "is_active", "is_staff", "date_joined"]
+    list_display = [
+        "email", "email_verified_at", "is_active", "is_staff", "date_joined",
+        "deletion_scheduled_for",
+    ]  # fmt: skip
     list_filter = ["is_active", "is_staff"]
     search_fields = ["email"]
     readonly_fields = ["date_joined", "last_login"]
     fieldsets = [
         (None, {"fields": ["email", "password"]}),
-        ("Status", {"fields": ["is_active", "email_verified_at", "date_joined", "last_login"]}),
+        (
+            "Status",
+            {
+                "fields": [
+                    "is_active",
+                    "email_verified_at",
+                    "date_joined",
+                    "last_login",
+                    "deletion_scheduled_for",
+                ]
+            },
+        ),
         ("Permissions", {"fields": ["is_staff", "is_superuser", "groups", "user_permissions"]}),
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
@@ -47,3 +63,32 @@ class EmailDeliveryAdmin(admin.ModelAdmin):
             email_delivery_resend(delivery_id=delivery_id)
             count += 1
         self.message_user(request, f"{count} email(s) queued again.", messages.SUCCESS)
+
+
+@admin.register(AccountErasure)
+class AccountErasureAdmin(admin.ModelAdmin):
+    """Erasures and their receipts. Progress, failed slices and their re-drive are the batch's
+    (Job platform > Batches), linked from each erasure."""
+
+    list_display = ["account_hash", "status", "queued_at", "started_at", "finished_at", "progress"]
+    list_filter = ["status"]
+    search_fields = ["account_hash"]
+    readonly_fields = [field.name for field in AccountErasure._meta.fields] + ["erased"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # an erasure starts from its account's deletion request
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # a receipt is a record
+
+    @admin.display(description="progress")
+    def progress(self, erasure: AccountErasure) -> str:
+        if erasure.batch_id is None:
+            return "not started"
+        url = reverse("admin:jobs_batch_change", args=[erasure.batch_id])
+        return format_html('<a href="{}">{} %</a>', url, erasure.batch.progress)
+
+    @admin.display(description="erased (rows per area)")
+    def erased(self, erasure: AccountErasure) -> str:
+        counts = [f"{count.area}: {count.rows}" for count in erasure.counts.all()]
+        return ", ".join(counts) or "nothing yet"

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import services, throttling, tokens
+from accounts import deletion, services, throttling, tokens
 from accounts.models import ApiToken
 from accounts.services import PASSWORD_MAX_LENGTH
 from accounts.tokens import TOKEN_MAX_LENGTH
@@ -185,7 +185,69 @@ class MeView(APIView):
                     "id": user.pk,
                     "email": user.email,
                     "email_verified": user.email_verified,
-                    "deletion_scheduled_for": None,
+                    "deletion_scheduled_for": user.deletion_scheduled_for,
                 }
             ).data
         )
+
+
+class PasswordSerializer(serializers.Serializer):
+    password = serializers.CharField(max_length=PASSWORD_MAX_LENGTH, trim_whitespace=False)
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+@extend_schema(
+    request=PasswordSerializer,
+    responses={
+        202: inline_serializer("DeletionScheduled", {"scheduled_for": serializers.DateTimeField()}),
+        403: OpenApiResponse(ErrorSerializer, description="A staff account cannot delete itself."),
+        409: OpenApiResponse(ErrorSerializer, description="A deletion is scheduled already."),
+    },
+)
+class AccountDeletionView(APIView):
+    """Delete my account: its data is erased after ACCOUNT_DELETION_GRACE_DAYS; until then a log
+    in and a DELETE here cancel it. Every session and token of the account ends at once."""
+
+    permission_classes = [IsAuthenticated]
+
+    def post(self, request: Request) -> Response:
+        serializer = PasswordSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            scheduled_for = deletion.account_deletion_request(
+                user=request.user,
+                password=serializer.validated_data["password"],
+                ip=throttling.client_ip(request),
+            )
+        except throttling.TooManyAttempts as refusal:
+            raise too_many_attempts(refusal) from refusal
+        except deletion.WrongPassword as error:
+            raise serializers.ValidationError({"password": [str(error)]}) from error
+        except deletion.StaffAccount as error:
+            raise exceptions.PermissionDenied(str(error)) from error
+        except deletion.DeletionRefused as error:
+            raise Conflict(str(error)) from error
+        return Response(
+            {"scheduled_for": serializers.DateTimeField().to_representation(scheduled_for)},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: DetailSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer, description="Nothing is scheduled, or the erasure has started."
+            ),
+        },
+    )
+    def delete(self, request: Request) -> Response:
+        try:
+            deletion.account_deletion_cancel(user=request.user)
+        except deletion.DeletionRefused as error:
+            raise Conflict(str(error)) from error
+        return Response({"detail": "The deletion of your account is cancelled."})

@@ -23,6 +23,11 @@ logger = logging.getLogger(__name__)
 TOKEN_PLACEHOLDER = "TOKEN-ADDED-WHEN-SENT"  # noqa: S105 (a marker, not a secret)
 
 
+# Emails whose address must not outlive their sending: the last email to an erased account's
+# address. Until it is sent (or a person gives up on it), the address is needed to send it.
+FORGOTTEN_ONCE_SENT = {EmailDelivery.Kind.ACCOUNT_ERASED}
+
+
 class LinkUnavailable(Exception):
     """The account a link email was for no longer exists: there is nothing to link to."""
 
@@ -74,7 +79,9 @@ def email_delivery_send(*, delivery_id: int) -> None:
     Raises TransientError (the task retries) or PermanentError (the task dead-letters).
     """
     with transaction.atomic():
-        delivery = EmailDelivery.objects.select_for_update().get(pk=delivery_id)
+        delivery = EmailDelivery.objects.select_for_update().filter(pk=delivery_id).first()
+        if delivery is None:
+            return  # erased with its account (accounts/deletion.py) before it went out
         if delivery.status not in {EmailDelivery.Status.QUEUED, EmailDelivery.Status.SENDING}:
             return  # redelivered message, or an operator's decision: the effect is settled
         if delivery.status == EmailDelivery.Status.SENDING:
@@ -105,12 +112,15 @@ def email_delivery_send(*, delivery_id: int) -> None:
         if transient or isinstance(verdict, PermanentError):
             raise verdict from error
         raise
-    EmailDelivery.objects.filter(pk=delivery.pk).update(
-        status=EmailDelivery.Status.SENT,
-        sent_at=timezone.now(),
-        last_error="",
-        updated_at=timezone.now(),
-    )
+    sent = {"status": EmailDelivery.Status.SENT, "sent_at": timezone.now(), "last_error": ""}
+    if delivery.kind in FORGOTTEN_ONCE_SENT:
+        sent |= {
+            "recipient": "",
+            "body_text": "",
+            "body_html": "",
+            "body_pruned_at": timezone.now(),
+        }
+    EmailDelivery.objects.filter(pk=delivery.pk).update(updated_at=timezone.now(), **sent)
 
 
 def _delivery_failed(delivery: EmailDelivery, *, status: str, error: Exception) -> None:

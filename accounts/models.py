@@ -4,6 +4,7 @@ import unicodedata
 
 import idna
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -72,6 +73,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False, help_text="Can log into the admin site.")
     date_joined = models.DateTimeField(default=timezone.now)
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    # Set by a deletion request, cleared by its cancel: from then on, the account's data is
+    # erased (accounts/deletion.py).
+    deletion_scheduled_for = models.DateTimeField(null=True, blank=True)
 
     objects = UserManager()
 
@@ -84,6 +88,14 @@ class User(AbstractBaseUser, PermissionsMixin):
             # Case-insensitive uniqueness enforced by the database, so two concurrent signups
             # for Ada@ and ada@ cannot both win.
             models.UniqueConstraint(Lower("email"), name="accounts_user_email_ci_unique"),
+        ]
+        indexes = [
+            # The periodic job's question: whose grace period has ended?
+            models.Index(
+                fields=["deletion_scheduled_for"],
+                condition=models.Q(deletion_scheduled_for__isnull=False),
+                name="accounts_user_deletion_due",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -129,6 +141,9 @@ class EmailDelivery(models.Model):
         PASSWORD_RESET = "password_reset", "password reset"
         PASSWORD_CHANGED = "password_changed", "password changed"
         SIGNUP_ATTEMPT = "signup_attempt", "signup attempt with a taken address"
+        DELETION_SCHEDULED = "deletion_scheduled", "account deletion scheduled"
+        DELETION_CANCELLED = "deletion_cancelled", "account deletion cancelled"
+        ACCOUNT_ERASED = "account_erased", "account erased"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -164,3 +179,64 @@ class EmailDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.recipient} ({self.status})"
+
+
+class AccountSession(AbstractBaseSession):
+    """A web session that knows its account (`SESSION_ENGINE = "accounts.sessions"`), so that
+    every session of an account can end at once, when it asks for its deletion, and be erased
+    with it. Django's own session table keeps the account only inside the encoded data."""
+
+    account_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+
+    @classmethod
+    def get_session_store_class(cls):
+        from accounts.sessions import SessionStore
+
+        return SessionStore
+
+
+class AccountErasure(models.Model):
+    """One account's erasure, from the moment it is queued to its receipt.
+
+    While it is queued or running it names its account; once done, the account row is gone
+    (the link is nulled) and what remains is personal to no one: a keyed hash of the account's
+    id (a person who gives their old id can be told their data was erased; nobody can list whose
+    it was), what was erased and how much, and when.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued: waits for the account's earlier jobs"
+        RUNNING = "running", "erasing"
+        DONE = "done", "erased"
+
+    account_hash = models.CharField(max_length=64, unique=True)
+    user = models.OneToOneField(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="erasure"
+    )
+    batch = models.ForeignKey(
+        "jobs.Batch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=7, choices=Status.choices, default=Status.QUEUED)
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"erasure {self.account_hash[:12]} ({self.status})"
+
+
+class AccountErasureCount(models.Model):
+    """How many rows of one area (accounts/erasure.py) an erasure removed or anonymized: moved in
+    the transaction that erases them, so a slice that runs twice counts once."""
+
+    erasure = models.ForeignKey(AccountErasure, on_delete=models.CASCADE, related_name="counts")
+    area = models.CharField(max_length=100)
+    rows = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["erasure", "area"], name="accounts_erasure_area_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.area}: {self.rows}"

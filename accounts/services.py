@@ -11,13 +11,13 @@ from datetime import timedelta
 
 from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.hashers import make_password
-from django.contrib.sessions.backends.db import SessionStore
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import throttling, tokens
 from accounts.emails import email_delivery_create
 from accounts.models import ApiToken, EmailDelivery, User, address_normalize
+from accounts.sessions import SessionStore
 from jobs.idempotency import run_once
 from jobs.outbox import enqueue
 

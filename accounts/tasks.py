@@ -4,7 +4,9 @@ from celery import shared_task
 from celery.schedules import crontab
 from django.conf import settings
 
-from accounts import emails, services
+from accounts import deletion, emails, services
+from jobs.batches import batch_handler
+from jobs.models import Batch
 from jobs.periodic import PeriodicJob, periodic_job_register
 from jobs.ratelimit import rate_limit_or_defer
 from jobs.retry import SMTP_TRANSIENT
@@ -77,3 +79,45 @@ for job_name, task_name, minute in (
             expires_seconds=3600,
         )
     )
+
+
+# --- account deletion (accounts/deletion.py) ---------------------------------------------------
+
+
+@shared_task(name="accounts.maintenance_erasures_queue", idempotent=True)
+def maintenance_erasures_queue() -> int:
+    return deletion.account_erasures_queue_due() + deletion.account_erasures_resume_stalled()
+
+
+periodic_job_register(
+    PeriodicJob(
+        name="accounts.queue-due-erasures",
+        task=maintenance_erasures_queue.name,
+        # An ended grace period is erased within the minute; a run that could not start within
+        # it has nothing to do that the next one will not.
+        schedule=timedelta(seconds=60),
+        expires_seconds=54,
+    )
+)
+
+
+# Ordered under the account's key (accounts.deletion.account_ordering_key): no expiry, so that
+# the key never waits behind a message that expired unrun.
+@shared_task(name="accounts.erase_account", bind=True, idempotent=True)
+def erase_account(self, erasure_id: int) -> None:
+    start = deletion.account_erasure_start(erasure_id=erasure_id)
+    if start.wait:
+        # An upload of the account is being processed: not a failure, so no retry limit; its
+        # deadline bounds the wait.
+        raise self.retry(countdown=start.wait, max_retries=None)
+
+
+@batch_handler(deletion.ERASURE_BATCH_KIND)
+def erase_slices(items: list[dict], batch: Batch) -> None:
+    for item in items:
+        deletion.account_erasure_slice(**item)
+
+
+@shared_task(name="accounts.finish_erasure", idempotent=True)
+def finish_erasure(batch_id: int, erasure_id: int) -> None:
+    deletion.account_erasure_finish(erasure_id=erasure_id)

@@ -346,6 +346,14 @@ ACCOUNT_EMAIL_RATE_PER_IP = env.str("ACCOUNT_EMAIL_RATE_PER_IP", default="30/h")
 ACCOUNT_LOGIN_FREE_FAILURES = env.int("ACCOUNT_LOGIN_FREE_FAILURES", default=5)
 ACCOUNT_LOGIN_FREE_FAILURES_PER_IP = env.int("ACCOUNT_LOGIN_FREE_FAILURES_PER_IP", default=50)
 ACCOUNT_LOGIN_MAX_LOCK_SECONDS = env.int("ACCOUNT_LOGIN_MAX_LOCK_SECONDS", default=900)
+# A deletion request erases the account's data after this many days, during which the person
+# can log in and cancel (a stolen session cannot erase an account at once; a regret can be
+# undone). 0 erases at once.
+ACCOUNT_DELETION_GRACE_DAYS = env.int("ACCOUNT_DELETION_GRACE_DAYS", default=7)
+# An erasure deletes each kind of the account's data in slices of at most this many rows, one
+# chunk of its batch per slice: a slice's transaction stays short (milliseconds, not a lock on
+# the table for the whole account), and a crash repeats one slice, not the account.
+ACCOUNT_ERASURE_SLICE_ROWS = env.int("ACCOUNT_ERASURE_SLICE_ROWS", default=1000)
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web
 # refuses to start with DEBUG off until it is set ("none": clients connect directly), because
@@ -449,6 +457,9 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Database sessions that know their account: a deletion request ends them all
+# (accounts/sessions.py).
+SESSION_ENGINE = "accounts.sessions"
 
 # --- Logging --------------------------------------------------------------------------------
 

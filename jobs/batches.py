@@ -374,6 +374,15 @@ def _callbacks_enqueue(*, batch_id: int, on_success: bool, on_complete: bool) ->
         enqueue(app.tasks[name], batch_id=batch_id, **batch.callback_kwargs)
 
 
+def batch_items_forget(*, batch_id: int) -> int:
+    """Empty the items of a finished batch's chunks, for a batch whose items name what must not
+    be kept once it is done (an account erasure's slices). Its counts stay. Returns how many
+    chunks; a running batch keeps its items, which its chunks and re-drives still need."""
+    return BatchChunk.objects.filter(
+        batch_id=batch_id, batch__status=Batch.Status.SUCCEEDED
+    ).update(items=[])
+
+
 @dataclass(frozen=True)
 class RedriveOutcome:
     redriven: int

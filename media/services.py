@@ -30,7 +30,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Aggregate, Count, F, Min, Sum, Value
+from django.db.models import Aggregate, Count, F, Min, Q, Sum, Value
 from django.db.models.functions import Greatest
 from django.dispatch import Signal
 from django.utils import timezone
@@ -65,6 +65,8 @@ UNFINISHED = (Upload.Status.QUEUED, Upload.Status.PROCESSING)
 # a run ends in seconds, well inside the minute before the next, even after an outage stalled
 # thousands at once; the next runs take the rest.
 SWEEP_BATCH = 100
+# An erasure waiting for an upload in flight looks again after at most this many seconds.
+ERASURE_RECHECK_SECONDS = 10.0
 
 
 class UploadRejected(Exception):
@@ -389,6 +391,25 @@ def upload_delete(*, upload: Upload) -> None:
             return  # deleted meanwhile
         enqueue(tasks.delete_files, upload_id=str(upload.pk))
         upload.delete()
+
+
+def uploads_of_account_cancel(*, owner_id: int) -> float:
+    """Before an account's erasure: fail its uploads that wait to be processed, and those whose
+    processing stalled (past their deadline); returns how many seconds to wait for one still
+    being processed (0 when none is), whose next step the erasure must not race."""
+    unfinished = Upload.objects.filter(owner_id=owner_id, status__in=UNFINISHED)
+    now = timezone.now()
+    cancelled = {"status": Upload.Status.FAILED, "error": "the account is being deleted"}
+    unfinished.filter(Q(status=Upload.Status.QUEUED) | Q(deadline__lte=now)).update(
+        updated_at=now, **cancelled
+    )
+    next_deadline = unfinished.filter(status=Upload.Status.PROCESSING).aggregate(
+        soonest=Min("deadline")
+    )["soonest"]
+    if next_deadline is None:
+        return 0.0
+    # Checked again soon: a step records progress within seconds; the deadline bounds the wait.
+    return min((next_deadline - now).total_seconds(), ERASURE_RECHECK_SECONDS)
 
 
 def upload_files_delete(*, upload_id: str) -> None:

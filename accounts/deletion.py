@@ -1,0 +1,372 @@
+"""Account deletion: a request, a grace period, then an erasure of everything of the account's.
+
+- `account_deletion_request`: the account's sessions and API tokens end, an email says when its
+  data will be erased and how to cancel; with ACCOUNT_DELETION_GRACE_DAYS = 0 the erasure is
+  queued at once.
+- `account_deletion_cancel`: during the grace period, and until the erasure starts.
+- `account_erasures_queue_due`: the periodic job; one erasure per account whose grace period
+  ended, however often it runs and however many run at once.
+- `account_erasure_start` / `account_erasure_slice` / `account_erasure_finish`: the erasure, a
+  batch of id-ordered slices of each area of the registry (accounts/erasure.py), then the
+  account row, the receipt and one last email.
+
+A cancel and an erasure meet on the receipt row: the cancel wins while the erasure is queued
+(it deletes the row, and the queued task finds nothing to do), the erasure wins once it has
+started (the cancel is refused); both decide under the account row's lock, so never half of each.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+from accounts import throttling
+from accounts.emails import email_delivery_create
+from accounts.erasure import ErasureArea, Policy, erasure_area, erasure_areas
+from accounts.models import (
+    AccountErasure,
+    AccountErasureCount,
+    AccountSession,
+    ApiToken,
+    EmailDelivery,
+    User,
+)
+from jobs.batches import batch_items_forget, batch_start
+from jobs.models import Batch, DeadLetter, IdempotencyKey, OutboxMessage
+from jobs.outbox import enqueue
+
+logger = logging.getLogger(__name__)
+
+ERASURE_BATCH_KIND = "accounts.erasure"
+# The periodic job queues at most this many erasures per run; a backlog drains over runs.
+QUEUE_LIMIT = 100
+# An erasure queued this long without starting, or whose batch finished this long ago without
+# the erasure finishing, lost a message: its task waits behind an upload in flight for 10 s at
+# a time, and a callback is published within seconds of its batch's end.
+STALLED_SECONDS = 15 * 60
+
+
+class DeletionRefused(Exception):
+    """A deletion request or cancel that cannot be carried out; the message says why."""
+
+
+class WrongPassword(DeletionRefused):
+    pass
+
+
+class StaffAccount(DeletionRefused):
+    """Staff accounts are removed by another administrator, in the admin: a staff session
+    stolen, or a slip, must not erase what staff are accountable for."""
+
+
+def account_ordering_key(user_id: int) -> str:
+    """The ordering key of an account's jobs: its erasure runs after every job enqueued before
+    it under this key (docs/ordering.md)."""
+    return f"account:{user_id}"
+
+
+def account_hash(user_id: int) -> str:
+    """The receipt's name for an account: keyed with SECRET_KEY, so that a person who gives
+    their old id can be told their data was erased, and nobody can list whose ids were."""
+    return salted_hmac("accounts.erasure", str(user_id), algorithm="sha256").hexdigest()
+
+
+# --- the request and its cancel ---------------------------------------------------------------
+
+
+def account_deletion_request(*, user: User, password: str, ip: str) -> datetime:
+    """Schedule the account's erasure after the grace period; returns when. Ends every session
+    and API token of the account at once. Refused (DeletionRefused) for a staff account, with a
+    wrong password (WrongPassword; attempts are limited like a login's), and when one is
+    scheduled already."""
+    if user.is_staff or user.is_superuser:
+        raise StaffAccount(
+            "A staff account cannot delete itself: another administrator removes it in the admin."
+        )
+    # Counted before the check: a stolen session must not guess the password here unlimited.
+    throttling.attempts_limit(scope="deletion", email=user.email, ip=ip)
+    if not user.check_password(password):
+        raise WrongPassword("The password is not right.")
+    grace = timedelta(days=settings.ACCOUNT_DELETION_GRACE_DAYS)
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        if user.deletion_scheduled_for is not None:
+            raise DeletionRefused(
+                f"Your account is already scheduled for deletion on "
+                f"{user.deletion_scheduled_for:%Y-%m-%d %H:%M} UTC."
+            )
+        user.deletion_scheduled_for = timezone.now() + grace
+        user.save(update_fields=["deletion_scheduled_for"])
+        account_access_end(user=user)
+        if grace:
+            email_delivery_create(
+                kind=EmailDelivery.Kind.DELETION_SCHEDULED,
+                recipient=user.email,
+                user=user,
+                context={"scheduled_for": user.deletion_scheduled_for},
+            )
+        else:
+            # No grace: the erasure's last email is the only one; one sent now would be erased
+            # with the account's other emails, perhaps before it went out.
+            account_erasure_queue(user=user)
+    return user.deletion_scheduled_for
+
+
+def account_deletion_cancel(*, user: User) -> None:
+    """Cancel a scheduled deletion: during the grace period, and after it until the erasure has
+    started. DeletionRefused when nothing is scheduled or the erasure is under way."""
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        if user.deletion_scheduled_for is None:
+            raise DeletionRefused("Your account is not scheduled for deletion.")
+        erasure = AccountErasure.objects.filter(user=user).first()
+        if erasure is not None:
+            if erasure.status != AccountErasure.Status.QUEUED:
+                raise DeletionRefused("Your account is being erased; it cannot be cancelled now.")
+            erasure.delete()  # its queued task finds nothing to do
+        user.deletion_scheduled_for = None
+        user.save(update_fields=["deletion_scheduled_for"])
+        email_delivery_create(
+            kind=EmailDelivery.Kind.DELETION_CANCELLED, recipient=user.email, user=user
+        )
+
+
+def account_access_end(*, user: User) -> None:
+    """End every session and API token of the account, now."""
+    AccountSession.objects.filter(account_id=user.pk).delete()
+    ApiToken.objects.filter(user=user).delete()
+
+
+# --- queueing the erasure -------------------------------------------------------------------
+
+
+def account_erasures_queue_due(*, now: datetime | None = None) -> int:
+    """Queue an erasure for each account whose grace period has ended and that has none (the
+    periodic `accounts.maintenance_erasures_queue`); returns how many it queued. Two runs at
+    once queue one each at most: each account is decided under its row's lock."""
+    now = now or timezone.now()
+    due = list(
+        User.objects.filter(deletion_scheduled_for__lte=now, erasure__isnull=True)
+        .order_by("deletion_scheduled_for")
+        .values_list("pk", flat=True)[:QUEUE_LIMIT]
+    )
+    queued = 0
+    for user_id in due:
+        with transaction.atomic():
+            user = (
+                User.objects.select_for_update()
+                .filter(pk=user_id, deletion_scheduled_for__lte=now)
+                .first()
+            )
+            if user is None or AccountErasure.objects.filter(user=user).exists():
+                continue  # cancelled, or queued by another run meanwhile
+            account_erasure_queue(user=user)
+            queued += 1
+    return queued
+
+
+def account_erasures_resume_stalled(*, now: datetime | None = None) -> int:
+    """Send again the message of an erasure that waits for one the broker lost (a Redis without
+    persistence restarted while it was queued): the task that starts a queued erasure, and the
+    callback that finishes one whose batch is done. Both are idempotent; the start goes out
+    unordered, since its first message, published, was the head of its key already. Returns how
+    many it sent (part of the periodic job)."""
+    from accounts import tasks  # the task module imports this one
+
+    now = now or timezone.now()
+    stalled = now - timedelta(seconds=STALLED_SECONDS)
+    resumed = 0
+    for erasure_id in AccountErasure.objects.filter(
+        status=AccountErasure.Status.QUEUED, queued_at__lt=stalled
+    ).values_list("pk", flat=True)[:QUEUE_LIMIT]:
+        with transaction.atomic():
+            enqueue(tasks.erase_account, erasure_id=erasure_id)
+        resumed += 1
+    for erasure_id in AccountErasure.objects.filter(
+        status=AccountErasure.Status.RUNNING,
+        batch__status=Batch.Status.SUCCEEDED,
+        batch__finished_at__lt=stalled,
+    ).values_list("pk", flat=True)[:QUEUE_LIMIT]:
+        with transaction.atomic():
+            enqueue(tasks.finish_erasure, batch_id=0, erasure_id=erasure_id)
+        resumed += 1
+    return resumed
+
+
+def account_erasure_queue(*, user: User) -> AccountErasure:
+    """The receipt row, queued, and the task that starts the erasure: under the account's
+    ordering key, so it starts after every job the account enqueued before under that key.
+    Call under the account row's lock."""
+    from accounts import tasks  # the task module imports this one
+
+    erasure = AccountErasure.objects.create(user=user, account_hash=account_hash(user.pk))
+    enqueue(tasks.erase_account, ordering_key=account_ordering_key(user.pk), erasure_id=erasure.pk)
+    return erasure
+
+
+# --- the erasure ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErasureStart:
+    started: bool
+    # Seconds to wait before trying again: the account still has a job in flight.
+    wait: float = 0.0
+
+
+def account_erasure_start(*, erasure_id: int) -> ErasureStart:
+    """Start the queued erasure: the account's queued uploads are cancelled, and once none is
+    being processed, the account can no longer log in and the batch of slices starts. Returns
+    whether it started, or how long to wait for an upload in flight; a second call does
+    nothing."""
+    from media.services import uploads_of_account_cancel  # media builds on accounts
+
+    with transaction.atomic():
+        erasure = (
+            AccountErasure.objects.select_for_update()
+            .select_related("user")
+            .filter(pk=erasure_id, status=AccountErasure.Status.QUEUED)
+            .first()
+        )
+        if erasure is None or erasure.user is None:
+            return ErasureStart(started=False)  # cancelled, or started by an earlier delivery
+        user = erasure.user
+        wait = uploads_of_account_cancel(owner_id=user.pk)
+        if wait:
+            return ErasureStart(started=False, wait=wait)
+        User.objects.filter(pk=user.pk).update(is_active=False)
+        account_access_end(user=user)
+        batch = batch_start(
+            kind=ERASURE_BATCH_KIND,
+            items=_erasure_slices(erasure=erasure, user=user),
+            owner=user,
+            # Only once every slice succeeded: a slice that failed for good is a dead letter,
+            # and its re-drive completes the batch.
+            on_success="accounts.finish_erasure",
+            callback_kwargs={"erasure_id": erasure.pk},
+            chunk_size=1,  # one chunk per slice: each slice is already a bounded piece of work
+        )
+        AccountErasure.objects.filter(pk=erasure.pk).update(
+            status=AccountErasure.Status.RUNNING, batch=batch, started_at=timezone.now()
+        )
+    logger.info("erasure %s started: %d slice(s)", erasure_id, batch.total)
+    return ErasureStart(started=True)
+
+
+def _erasure_slices(*, erasure: AccountErasure, user: User):
+    """For each area, the account's rows' ids in order, cut every ACCOUNT_ERASURE_SLICE_ROWS:
+    one item per slice, naming its first and last id. Streamed: an area's ids are never all in
+    memory."""
+    size = settings.ACCOUNT_ERASURE_SLICE_ROWS
+    for area in _areas_to_erase():
+        ids = area.rows(user).order_by("pk").values_list("pk", flat=True).iterator(chunk_size=size)
+        first = last = None
+        count = 0
+        for row_id in ids:
+            first = row_id if count == 0 else first
+            last, count = row_id, count + 1
+            if count == size:
+                yield _slice(erasure, area, first, last)
+                count = 0
+        if count:
+            yield _slice(erasure, area, first, last)
+
+
+def _slice(erasure: AccountErasure, area: ErasureArea, first, last) -> dict:
+    return {"erasure_id": erasure.pk, "area": area.name, "first": str(first), "last": str(last)}
+
+
+def account_erasure_slice(*, erasure_id: int, area: str, first: str, last: str) -> int:
+    """Erase the account's rows of one area with ids from `first` to `last`: their files, the
+    job platform's records that name them, the rows (deleted or anonymized, in one statement),
+    the files once more. Returns how many rows; a slice run twice erases nothing the second
+    time."""
+    erasure = AccountErasure.objects.select_related("user").filter(pk=erasure_id).first()
+    if erasure is None or erasure.user is None:
+        return 0  # the account is gone already: a message of a finished erasure
+    return _area_erase(
+        erasure=erasure,
+        area=erasure_area(area),
+        rows=erasure_area(area).rows(erasure.user).filter(pk__gte=first, pk__lte=last),
+    )
+
+
+def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
+    ids = list(rows.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    if area.files_erase:
+        area.files_erase(ids)  # first: a crash after it leaves rows, never unreachable files
+    with transaction.atomic():
+        if area.task_argument:
+            named = {f"kwargs__{area.task_argument}__in": [_json_id(row_id) for row_id in ids]}
+            OutboxMessage.objects.filter(**named).delete()
+            DeadLetter.objects.filter(**named).delete()
+        if area.idempotency_keys:
+            IdempotencyKey.objects.filter(key__in=area.idempotency_keys(ids)).delete()
+        selected = area.model.objects.filter(pk__in=ids)
+        if area.policy is Policy.ANONYMIZE:
+            erased = selected.update(**area.anonymized)
+        else:
+            erased = selected.delete()[1].get(area.model._meta.label, 0)
+        count, _ = AccountErasureCount.objects.get_or_create(erasure=erasure, area=area.name)
+        AccountErasureCount.objects.filter(pk=count.pk).update(rows=F("rows") + erased)
+    if area.files_erase:
+        # Again: a pipeline step that wrote a file after the first pass, and recorded it before
+        # the rows went, left it; one that records after finds its row gone and removes its own.
+        area.files_erase(ids)
+    return erased
+
+
+def _json_id(row_id):
+    # Task arguments are JSON: an integer id stays one, a UUID is its text.
+    return row_id if isinstance(row_id, int) else str(row_id)
+
+
+def account_erasure_finish(*, erasure_id: int) -> bool:
+    """Once every slice is done: erase what appeared since the slices were cut (an email an
+    in-flight job wrote), check that no area holds anything of the account, delete the account
+    row, close the receipt and send the last email, once. Returns whether this call did it."""
+    erasure = AccountErasure.objects.select_related("user").filter(pk=erasure_id).first()
+    if erasure is None or erasure.user is None or erasure.status != AccountErasure.Status.RUNNING:
+        return False  # finished by an earlier delivery
+    user = erasure.user
+    for area in _areas_to_erase():
+        while _area_erase(erasure=erasure, area=area, rows=_first_slice(area, user)):
+            pass
+    with transaction.atomic():
+        if not AccountErasure.objects.filter(
+            pk=erasure_id, status=AccountErasure.Status.RUNNING
+        ).update(status=AccountErasure.Status.DONE, finished_at=timezone.now()):
+            return False
+        leftovers = [area.name for area in _areas_to_erase() if _holds_personal_rows(area, user)]
+        if leftovers:
+            raise RuntimeError(f"erasure {erasure_id}: rows remain in {', '.join(leftovers)}")
+        address = user.email
+        user.delete()  # the receipt's link is nulled with it
+        throttling.login_failures_clear(email=address)  # Redis keys named by the address
+        # The slices' bounds are ids of rows that are gone; the batch keeps its counts only.
+        batch_items_forget(batch_id=erasure.batch_id)
+        email_delivery_create(kind=EmailDelivery.Kind.ACCOUNT_ERASED, recipient=address)
+    logger.info("erasure %s finished", erasure_id)
+    return True
+
+
+def _areas_to_erase() -> list[ErasureArea]:
+    return [area for area in erasure_areas() if area.policy is not Policy.UNLINKED]
+
+
+def _first_slice(area: ErasureArea, user: User):
+    return area.rows(user).filter(
+        pk__in=area.rows(user).order_by("pk").values("pk")[: settings.ACCOUNT_ERASURE_SLICE_ROWS]
+    )
+
+
+def _holds_personal_rows(area: ErasureArea, user: User) -> bool:
+    # An anonymized row no longer matches its area's question, which asks by the account.
+    return area.rows(user).exists()
