@@ -92,3 +92,12 @@ class NewPasswordForm(TokenForm):
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
+
+
+class AccountDeleteForm(PageForm):
+    # The password again: a session left open on a shared computer must not delete the account.
+    password = forms.CharField(
+        max_length=PASSWORD_MAX_LENGTH,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )

@@ -118,8 +118,9 @@ def _warn_untrusted_forwarding(remote: str) -> None:
 def attempts_limit(*, scope: str, email: str, ip: str) -> None:
     """Count one attempt against the address and the IP; TooManyAttempts when either is over.
 
-    Scopes: "signup", "resend", "reset", each sending an email, each counted apart, so a burst
-    of one does not lock a person out of another.
+    Scopes: "signup", "resend", "reset", each sending an email, and "deletion", a password
+    checked for an account's deletion; each counted apart, so a burst of one does not lock a
+    person out of another.
     """
     subjects = (
         (f"email:{address_normalize(email)}", settings.ACCOUNT_EMAIL_RATE_PER_ADDRESS),

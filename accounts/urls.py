@@ -18,6 +18,7 @@ api_urlpatterns = [
         name="api-password-reset-confirm",
     ),
     path("me", api.MeView.as_view(), name="api-me"),
+    path("account/deletion", api.AccountDeletionView.as_view(), name="api-account-deletion"),
 ]
 
 
@@ -52,4 +53,10 @@ urlpatterns = [
         name="password-reset-done",
     ),
     path("dashboard", views.dashboard, name="dashboard"),
+    path("account/delete", views.account_delete, name="account-delete"),
+    path(
+        "account/delete/cancelled",
+        TemplateView.as_view(template_name="accounts/account_delete_cancelled.html"),
+        name="account-delete-cancelled",
+    ),
 ]

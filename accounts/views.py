@@ -8,6 +8,7 @@ link previews fetch every link they see.
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -19,8 +20,15 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts import services, throttling, tokens
-from accounts.forms import EmailForm, LoginForm, NewPasswordForm, SignupForm, TokenForm
+from accounts import deletion, services, throttling, tokens
+from accounts.forms import (
+    AccountDeleteForm,
+    EmailForm,
+    LoginForm,
+    NewPasswordForm,
+    SignupForm,
+    TokenForm,
+)
 
 # HEAD too: link checkers and previews ask for it, and it must not be a 405.
 page_methods = require_http_methods(["GET", "HEAD", "POST"])
@@ -182,6 +190,63 @@ def password_reset_confirm(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "HEAD"])
 def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/dashboard.html")
+
+
+@never_cache
+@login_required
+@page_methods
+def account_delete(request: HttpRequest) -> HttpResponse:
+    """Ask for the account's deletion with the password, or cancel a scheduled one (the form
+    on this page and the banner on every page post `action=cancel`)."""
+    if request.method == "POST" and request.POST.get("action") == "cancel":
+        try:
+            deletion.account_deletion_cancel(user=request.user)
+        except deletion.DeletionRefused as refusal:
+            return _account_delete_page(
+                request, AccountDeleteForm(), problem=str(refusal), status=409
+            )
+        return redirect("accounts:account-delete-cancelled")
+    form = AccountDeleteForm(request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        try:
+            scheduled_for = deletion.account_deletion_request(
+                user=request.user,
+                password=form.cleaned_data["password"],
+                ip=throttling.client_ip(request),
+            )
+        except throttling.TooManyAttempts as refusal:
+            return _too_many_attempts(request, refusal)
+        except deletion.WrongPassword as error:
+            form.add_error("password", str(error))
+        except deletion.StaffAccount:
+            return _account_delete_page(request, form, status=403)  # the page says why
+        except deletion.DeletionRefused as refusal:
+            return _account_delete_page(request, form, problem=str(refusal), status=409)
+        else:
+            # The request ended the account's sessions in the database; this drops the
+            # browser's cookie too. The date is shown in this answer rather than after a
+            # redirect: the next request is anonymous and could not look it up.
+            logout(request)
+            return render(
+                request,
+                "accounts/account_delete_scheduled.html",
+                {
+                    "scheduled_for": scheduled_for,
+                    "grace_days": settings.ACCOUNT_DELETION_GRACE_DAYS,
+                },
+            )
+    return _account_delete_page(request, form)
+
+
+def _account_delete_page(
+    request: HttpRequest, form: AccountDeleteForm, *, problem: str = "", status: int = 200
+) -> HttpResponse:
+    context = {
+        "form": form,
+        "problem": problem,
+        "grace_days": settings.ACCOUNT_DELETION_GRACE_DAYS,
+    }
+    return render(request, "accounts/account_delete.html", context, status=status)
 
 
 def _safe_next(request: HttpRequest, url: str) -> str | None:
