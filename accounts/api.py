@@ -213,6 +213,7 @@ class AccountDeletionView(APIView):
     in and a DELETE here cancel it. Every session and token of the account ends at once."""
 
     permission_classes = [IsAuthenticated]
+    rate_limited_methods = ("POST",)  # password attempts, counted like a login's
 
     def post(self, request: Request) -> Response:
         serializer = PasswordSerializer(data=request.data)

@@ -61,9 +61,10 @@ parameters = { "path.upload_id" = "${CONTRACT_UPLOAD_ID}" }
 
 # Requests the schema calls valid that these refuse with a 400 by design: a token must be one
 # the server issued, credentials an account's, a new password must pass AUTH_PASSWORD_VALIDATORS
-# (whose list of common passwords no schema can carry).
+# (whose list of common passwords no schema can carry), a deletion needs the account's password.
 [[operations]]
 include-path = [
+    "/api/v1/account/deletion",
     "/api/v1/auth/signup",
     "/api/v1/auth/login",
     "/api/v1/auth/verify-email",
@@ -197,6 +198,8 @@ def test_the_schema_lists_every_error_answer_each_operation_can_give(client):
         "POST /api/v1/auth/password-reset": sorted(["202", *body, *limited]),
         "POST /api/v1/auth/password-reset/confirm": sorted(["200", *body]),
         "GET /api/v1/me": ["200", "401"],
+        "POST /api/v1/account/deletion": sorted(["202", *body, *session, "409", *limited]),
+        "DELETE /api/v1/account/deletion": sorted(["200", *session, "409"]),
         "GET /api/v1/uploads": ["200", "401", "404"],
         "POST /api/v1/uploads": sorted(["202", *body, *session, *limited]),
         "GET /api/v1/uploads/{upload_id}": ["200", "401", "404"],
