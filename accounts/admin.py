@@ -5,6 +5,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from accounts.deletion import account_erasure_order
 from accounts.emails import email_delivery_resend
 from accounts.forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm
 from accounts.models import AccountErasure, EmailDelivery, User
@@ -42,6 +43,26 @@ class UserAdmin(DjangoUserAdmin):
         ("Permissions", {"fields": ["is_staff", "is_superuser", "groups", "user_permissions"]}),
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+    actions = ["erase_now"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        # The schedule changes only through a request and its cancel, or the action below.
+        return [*super().get_readonly_fields(request, obj), "deletion_scheduled_for"]
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Deleting the row would leave the account's files, emails and jobs behind: an account
+        # goes through its erasure (the action below).
+        return False
+
+    @admin.action(description="Erase the selected accounts now (no grace period)")
+    def erase_now(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        erased = sum(account_erasure_order(user=user) for user in queryset)
+        self.message_user(
+            request,
+            f"{erased} erasure(s) queued; staff accounts and accounts already being erased were "
+            "left as they are.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(EmailDelivery)

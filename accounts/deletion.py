@@ -60,8 +60,9 @@ class WrongPassword(DeletionRefused):
 
 
 class StaffAccount(DeletionRefused):
-    """Staff accounts are removed by another administrator, in the admin: a staff session
-    stolen, or a slip, must not erase what staff are accountable for."""
+    """Staff accounts are not erased: Django's admin history of what they did would go with
+    them (its rows cascade), and a stolen staff session, or a slip, must not do that. Another
+    administrator deactivates them in the admin."""
 
 
 def account_ordering_key(user_id: int) -> str:
@@ -86,7 +87,8 @@ def account_deletion_request(*, user: User, password: str, ip: str) -> datetime:
     scheduled already."""
     if user.is_staff or user.is_superuser:
         raise StaffAccount(
-            "A staff account cannot delete itself: another administrator removes it in the admin."
+            "A staff account cannot delete itself: another administrator deactivates it in the "
+            "admin."
         )
     # Counted before the check: a stolen session must not guess the password here unlimited.
     throttling.attempts_limit(scope="deletion", email=user.email, ip=ip)
@@ -124,7 +126,7 @@ def account_deletion_cancel(*, user: User) -> None:
         user = User.objects.select_for_update().get(pk=user.pk)
         if user.deletion_scheduled_for is None:
             raise DeletionRefused("Your account is not scheduled for deletion.")
-        erasure = AccountErasure.objects.filter(user=user).first()
+        erasure = AccountErasure.objects.select_for_update().filter(user=user).first()
         if erasure is not None:
             if erasure.status != AccountErasure.Status.QUEUED:
                 raise DeletionRefused("Your account is being erased; it cannot be cancelled now.")
@@ -134,6 +136,21 @@ def account_deletion_cancel(*, user: User) -> None:
         email_delivery_create(
             kind=EmailDelivery.Kind.DELETION_CANCELLED, recipient=user.email, user=user
         )
+
+
+def account_erasure_order(*, user: User) -> bool:
+    """Erase an account now, on staff's decision (the admin's action): no password, no grace
+    period, no email before the last one. Staff accounts are not erased (their admin history
+    would go with them; deactivate them instead). Returns whether an erasure was queued."""
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        if user.is_staff or user.is_superuser or AccountErasure.objects.filter(user=user).exists():
+            return False
+        user.deletion_scheduled_for = timezone.now()
+        user.save(update_fields=["deletion_scheduled_for"])
+        account_access_end(user=user)
+        account_erasure_queue(user=user)
+    return True
 
 
 def account_access_end(*, user: User) -> None:
@@ -151,7 +168,12 @@ def account_erasures_queue_due(*, now: datetime | None = None) -> int:
     once queue one each at most: each account is decided under its row's lock."""
     now = now or timezone.now()
     due = list(
-        User.objects.filter(deletion_scheduled_for__lte=now, erasure__isnull=True)
+        User.objects.filter(
+            deletion_scheduled_for__lte=now,
+            erasure__isnull=True,
+            is_staff=False,
+            is_superuser=False,
+        )
         .order_by("deletion_scheduled_for")
         .values_list("pk", flat=True)[:QUEUE_LIMIT]
     )
@@ -181,20 +203,24 @@ def account_erasures_resume_stalled(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     stalled = now - timedelta(seconds=STALLED_SECONDS)
     resumed = 0
-    for erasure_id in AccountErasure.objects.filter(
-        status=AccountErasure.Status.QUEUED, queued_at__lt=stalled
-    ).values_list("pk", flat=True)[:QUEUE_LIMIT]:
-        with transaction.atomic():
-            enqueue(tasks.erase_account, erasure_id=erasure_id)
-        resumed += 1
-    for erasure_id in AccountErasure.objects.filter(
+    # Each at most once per STALLED_SECONDS: a start or finish that fails every time makes a
+    # dead letter that often, not every minute.
+    waiting = AccountErasure.objects.filter(user__isnull=False).exclude(resent_at__gte=stalled)
+    lost_starts = waiting.filter(status=AccountErasure.Status.QUEUED, queued_at__lt=stalled)
+    lost_finishes = waiting.filter(
         status=AccountErasure.Status.RUNNING,
         batch__status=Batch.Status.SUCCEEDED,
         batch__finished_at__lt=stalled,
-    ).values_list("pk", flat=True)[:QUEUE_LIMIT]:
-        with transaction.atomic():
-            enqueue(tasks.finish_erasure, batch_id=0, erasure_id=erasure_id)
-        resumed += 1
+    )
+    for erasures, task, kwargs in (
+        (lost_starts, tasks.erase_account, {}),
+        (lost_finishes, tasks.finish_erasure, {"batch_id": 0}),
+    ):
+        for erasure_id in erasures.values_list("pk", flat=True)[:QUEUE_LIMIT]:
+            with transaction.atomic():
+                AccountErasure.objects.filter(pk=erasure_id).update(resent_at=now)
+                enqueue(task, erasure_id=erasure_id, **kwargs)
+            resumed += 1
     return resumed
 
 
@@ -220,25 +246,44 @@ class ErasureStart:
 
 
 def account_erasure_start(*, erasure_id: int) -> ErasureStart:
-    """Start the queued erasure: the account's queued uploads are cancelled, and once none is
-    being processed, the account can no longer log in and the batch of slices starts. Returns
-    whether it started, or how long to wait for an upload in flight; a second call does
-    nothing."""
-    from media.services import uploads_of_account_cancel  # media builds on accounts
+    """Start the queued erasure: once none of the account's uploads is being processed, its
+    queued uploads are cancelled, the account can no longer log in and the batch of slices
+    starts. Returns whether it started, or how long to wait for an upload in flight; a second
+    call does nothing.
 
+    Locks the account row, then the receipt, in that order, as a cancel does: the two never
+    wait for each other crosswise."""
+    from media.services import upload_in_flight_wait, uploads_of_account_cancel
+
+    user_id = (
+        AccountErasure.objects.filter(pk=erasure_id, status=AccountErasure.Status.QUEUED)
+        .values_list("user_id", flat=True)
+        .first()
+    )
+    if user_id is None:
+        return ErasureStart(started=False)  # cancelled, started already, or its account gone
+    wait = upload_in_flight_wait(owner_id=user_id)
+    if wait:
+        # Nothing changes meanwhile: a cancel during the wait leaves the account as it was.
+        return ErasureStart(started=False, wait=wait)
     with transaction.atomic():
+        user = User.objects.select_for_update().filter(pk=user_id).first()
         erasure = (
             AccountErasure.objects.select_for_update()
-            .select_related("user")
-            .filter(pk=erasure_id, status=AccountErasure.Status.QUEUED)
+            .filter(pk=erasure_id, status=AccountErasure.Status.QUEUED, user_id=user_id)
             .first()
         )
-        if erasure is None or erasure.user is None:
-            return ErasureStart(started=False)  # cancelled, or started by an earlier delivery
-        user = erasure.user
-        wait = uploads_of_account_cancel(owner_id=user.pk)
+        if user is None or erasure is None:
+            return ErasureStart(started=False)
+        if user.deletion_scheduled_for is None or user.is_staff or user.is_superuser:
+            # Its schedule was cleared, or it became staff, by another path than a cancel.
+            logger.warning("erasure %s not started: its account is no longer due", erasure_id)
+            erasure.delete()
+            return ErasureStart(started=False)
+        wait = upload_in_flight_wait(owner_id=user_id)  # one may have begun meanwhile
         if wait:
             return ErasureStart(started=False, wait=wait)
+        uploads_of_account_cancel(owner_id=user.pk)
         User.objects.filter(pk=user.pk).update(is_active=False)
         account_access_end(user=user)
         batch = batch_start(
@@ -309,6 +354,10 @@ def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
             DeadLetter.objects.filter(**named).delete()
         if area.idempotency_keys:
             IdempotencyKey.objects.filter(key__in=area.idempotency_keys(ids)).delete()
+        # Locked first: a pipeline step recording what it wrote holds its upload's lock, so it
+        # commits before this delete or finds its upload gone (its rows would otherwise appear
+        # after Django collected the cascade, and fail the commit on their foreign key).
+        list(area.model.objects.select_for_update().filter(pk__in=ids).values_list("pk"))
         selected = area.model.objects.filter(pk__in=ids)
         if area.policy is Policy.ANONYMIZE:
             erased = selected.update(**area.anonymized)

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts import tokens
 from accounts.models import EmailDelivery, User
+from jobs.models import DeadLetter
 from jobs.outbox import enqueue
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError, classify_smtp_error
 
@@ -24,7 +25,7 @@ TOKEN_PLACEHOLDER = "TOKEN-ADDED-WHEN-SENT"  # noqa: S105 (a marker, not a secre
 
 
 # Emails whose address must not outlive their sending: the last email to an erased account's
-# address. Until it is sent (or a person gives up on it), the address is needed to send it.
+# address. Until it is sent or given up, the address is needed to send it.
 FORGOTTEN_ONCE_SENT = {EmailDelivery.Kind.ACCOUNT_ERASED}
 
 
@@ -112,15 +113,13 @@ def email_delivery_send(*, delivery_id: int) -> None:
         if transient or isinstance(verdict, PermanentError):
             raise verdict from error
         raise
-    sent = {"status": EmailDelivery.Status.SENT, "sent_at": timezone.now(), "last_error": ""}
-    if delivery.kind in FORGOTTEN_ONCE_SENT:
-        sent |= {
-            "recipient": "",
-            "body_text": "",
-            "body_html": "",
-            "body_pruned_at": timezone.now(),
-        }
-    EmailDelivery.objects.filter(pk=delivery.pk).update(updated_at=timezone.now(), **sent)
+    EmailDelivery.objects.filter(pk=delivery.pk).update(
+        status=EmailDelivery.Status.SENT,
+        sent_at=timezone.now(),
+        last_error="",
+        updated_at=timezone.now(),
+    )
+    _address_forget_if_final(delivery_id=delivery.pk)
 
 
 def _delivery_failed(delivery: EmailDelivery, *, status: str, error: Exception) -> None:
@@ -141,6 +140,20 @@ def email_delivery_give_up(*, delivery_id: int, reason: str) -> None:
     ):
         EmailDelivery.objects.filter(pk=delivery_id, status=was).update(
             status=now, last_error=reason[:2000], updated_at=timezone.now()
+        )
+    _address_forget_if_final(delivery_id=delivery_id)
+
+
+def _address_forget_if_final(*, delivery_id: int) -> None:
+    """An email whose address must not outlive its sending (FORGOTTEN_ONCE_SENT) forgets it once
+    it went out, and also once it was given up: it is not kept to try again. Its dead letter
+    forgets the server's reply, which often quotes the address."""
+    forgotten = EmailDelivery.objects.filter(pk=delivery_id, kind__in=FORGOTTEN_ONCE_SENT)
+    if forgotten.update(
+        recipient="", body_text="", body_html="", last_error="", body_pruned_at=timezone.now()
+    ):
+        DeadLetter.objects.filter(kwargs__delivery_id=delivery_id).update(
+            exception_message="", traceback=""
         )
 
 

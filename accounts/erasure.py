@@ -104,8 +104,11 @@ erasure_area_register(
         name="accounts.EmailDelivery",
         model=EmailDelivery,
         # Emails for the account, and to its address without an account: a signup attempt with
-        # the taken address, a verification sent before the account existed.
-        rows=lambda user: EmailDelivery.objects.filter(Q(user=user) | Q(recipient=user.email)),
+        # the taken address, a verification sent before the account existed. Not the last email
+        # of an erasure, which goes to the address once the account is gone.
+        rows=lambda user: EmailDelivery.objects.filter(
+            Q(user=user) | Q(recipient=user.email)
+        ).exclude(kind=EmailDelivery.Kind.ACCOUNT_ERASED),
         task_argument="delivery_id",
     )
 )
@@ -148,6 +151,20 @@ erasure_area_register(
         # Staff accounts cannot be deleted this way (accounts/deletion.py); a person's own
         # account has no admin history. Declared so that none is ever left behind.
         rows=lambda user: LogEntry.objects.filter(user=user),
+    )
+)
+erasure_area_register(
+    ErasureArea(
+        name="admin.LogEntry.about",
+        model=LogEntry,
+        # Staff's changes to the account's rows name them by their text: the user row by its
+        # address, an email by "welcome to <address>".
+        rows=lambda user: LogEntry.objects.filter(
+            Q(object_repr__icontains=user.email) | Q(change_message__icontains=user.email)
+        ),
+        policy=Policy.ANONYMIZE,
+        anonymized={"object_repr": "(an erased account's)", "change_message": ""},
+        reason="what staff did stays on record, without the account's address in it",
     )
 )
 erasure_area_register(

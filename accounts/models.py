@@ -220,6 +220,8 @@ class AccountErasure(models.Model):
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the periodic job last sent its start or finish again (a message the broker lost).
+    resent_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"erasure {self.account_hash[:12]} ({self.status})"

@@ -16,6 +16,7 @@ steps recorded is also what the pipeline still lacks: a pipeline cut short (a ch
 broker lost, a step run outside its canvas) is resumed by publishing only the missing steps.
 """
 
+import contextlib
 import logging
 import math
 import shutil
@@ -30,7 +31,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Aggregate, Count, F, Min, Q, Sum, Value
+from django.db.models import Aggregate, Count, F, Min, Sum, Value
 from django.db.models.functions import Greatest
 from django.dispatch import Signal
 from django.utils import timezone
@@ -66,7 +67,7 @@ UNFINISHED = (Upload.Status.QUEUED, Upload.Status.PROCESSING)
 # thousands at once; the next runs take the rest.
 SWEEP_BATCH = 100
 # An erasure waiting for an upload in flight looks again after at most this many seconds.
-ERASURE_RECHECK_SECONDS = 10.0
+UPLOAD_RECHECK_SECONDS = 10.0
 
 
 class UploadRejected(Exception):
@@ -393,23 +394,29 @@ def upload_delete(*, upload: Upload) -> None:
         upload.delete()
 
 
-def uploads_of_account_cancel(*, owner_id: int) -> float:
-    """Before an account's erasure: fail its uploads that wait to be processed, and those whose
-    processing stalled (past their deadline); returns how many seconds to wait for one still
-    being processed (0 when none is), whose next step the erasure must not race."""
-    unfinished = Upload.objects.filter(owner_id=owner_id, status__in=UNFINISHED)
+def upload_in_flight_wait(*, owner_id: int) -> float:
+    """How many seconds an account's erasure should wait before looking again for an upload of
+    the account being processed, whose next step it must not race; 0 when none is (those past
+    their deadline have stalled, and are cancelled with the queued ones)."""
     now = timezone.now()
-    cancelled = {"status": Upload.Status.FAILED, "error": "the account is being deleted"}
-    unfinished.filter(Q(status=Upload.Status.QUEUED) | Q(deadline__lte=now)).update(
-        updated_at=now, **cancelled
-    )
-    next_deadline = unfinished.filter(status=Upload.Status.PROCESSING).aggregate(
-        soonest=Min("deadline")
-    )["soonest"]
-    if next_deadline is None:
+    soonest = Upload.objects.filter(
+        owner_id=owner_id, status=Upload.Status.PROCESSING, deadline__gt=now
+    ).aggregate(soonest=Min("deadline"))["soonest"]
+    if soonest is None:
         return 0.0
-    # Checked again soon: a step records progress within seconds; the deadline bounds the wait.
-    return min((next_deadline - now).total_seconds(), ERASURE_RECHECK_SECONDS)
+    # Looked at again soon: a step records progress within seconds; the deadline bounds the wait.
+    return min((soonest - now).total_seconds(), UPLOAD_RECHECK_SECONDS)
+
+
+def uploads_of_account_cancel(*, owner_id: int) -> int:
+    """As an account's erasure starts: fail its uploads that wait to be processed, and those
+    whose processing stalled. A step of theirs that runs anyway finds its upload gone once the
+    erasure has deleted it, and removes what it wrote. Returns how many."""
+    return Upload.objects.filter(owner_id=owner_id, status__in=UNFINISHED).update(
+        status=Upload.Status.FAILED,
+        error="the account is being deleted",
+        updated_at=timezone.now(),
+    )
 
 
 def upload_files_delete(*, upload_id: str) -> None:
@@ -556,14 +563,27 @@ def _upload_ready_mark(upload_id: str) -> bool:
     return bool(made_ready)
 
 
+class _UploadGone(Exception):
+    pass
+
+
 def upload_notify(*, upload_id: str) -> None:
-    """Announce a ready upload once, however often its message arrives."""
-    upload = Upload.objects.filter(pk=upload_id, status=Upload.Status.READY).first()
-    if upload is not None:
-        run_once(
-            key=f"media.upload_ready:{upload_id}",
-            effect=lambda: upload_ready.send(sender=Upload, upload=upload),
+    """Announce a ready upload once, however often its message arrives. The upload is read
+    under its lock, in the transaction that writes the key: an upload deleted meanwhile (its
+    owner's erasure) leaves no key naming it behind."""
+
+    def announce() -> None:
+        upload = (
+            Upload.objects.select_for_update()
+            .filter(pk=upload_id, status=Upload.Status.READY)
+            .first()
         )
+        if upload is None:
+            raise _UploadGone  # rolls the key back
+        upload_ready.send(sender=Upload, upload=upload)
+
+    with contextlib.suppress(_UploadGone):
+        run_once(key=f"media.upload_ready:{upload_id}", effect=announce)
 
 
 def upload_fail(*, upload_id: str, reason: str) -> None:

@@ -151,7 +151,7 @@ def test_a_staff_account_cannot_delete_itself(settings):
     user = verified_user(is_staff=True)
     # when it asks for its deletion with the right password
     response = ask(token_client())
-    # then it is refused: another administrator removes it in the admin
+    # then it is refused: another administrator deactivates it in the admin
     assert response.status_code == 403
     assert "another administrator" in response.json()["detail"]
     user.refresh_from_db()
@@ -215,3 +215,25 @@ def test_a_cancel_while_the_erasure_is_queued_wins_and_the_queued_task_does_noth
     user.refresh_from_db()
     assert user.is_active and user.deletion_scheduled_for is None
     assert token_client().get("/api/v1/me").status_code == 200
+
+
+@pytest.mark.django_db
+def test_staff_erase_an_account_from_the_admin_and_cannot_delete_its_row_alone():
+    # given an administrator, a person's account and another staff account
+    admin = User.objects.create_superuser("boss@example.com", PASSWORD)
+    person, colleague = verified_user(), verified_user("colleague@example.com", is_staff=True)
+    browser = Client()
+    browser.force_login(admin)
+    # when the administrator erases both with the admin's action
+    response = browser.post(
+        "/admin/accounts/user/",
+        {"action": "erase_now", "_selected_action": [person.pk, colleague.pk]},
+        follow=True,
+    )
+    # then the person's erasure is queued at once, and the staff account is left as it is
+    assert response.status_code == 200
+    assert "1 erasure(s) queued" in response.content.decode()
+    assert AccountErasure.objects.get(user=person).status == AccountErasure.Status.QUEUED
+    assert not AccountErasure.objects.filter(user=colleague).exists()
+    # and deleting an account's row alone (its files, emails and jobs left behind) is not offered
+    assert browser.get(f"/admin/accounts/user/{person.pk}/delete/").status_code == 403
