@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -348,21 +348,20 @@ def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
     if area.files_erase:
         area.files_erase(ids)  # first: a crash after it leaves rows, never unreachable files
     with transaction.atomic():
+        # Locked first: a pipeline step recording what it wrote holds its upload's lock, so it
+        # commits before this delete or finds its upload gone (its rows would otherwise appear
+        # after the cascade was deleted, and fail the commit on their foreign key).
+        list(rows.select_for_update().values_list("pk"))
         if area.task_argument:
             named = {f"kwargs__{area.task_argument}__in": [_json_id(row_id) for row_id in ids]}
             OutboxMessage.objects.filter(**named).delete()
             DeadLetter.objects.filter(**named).delete()
         if area.idempotency_keys:
             IdempotencyKey.objects.filter(key__in=area.idempotency_keys(ids)).delete()
-        # Locked first: a pipeline step recording what it wrote holds its upload's lock, so it
-        # commits before this delete or finds its upload gone (its rows would otherwise appear
-        # after Django collected the cascade, and fail the commit on their foreign key).
-        list(area.model.objects.select_for_update().filter(pk__in=ids).values_list("pk"))
-        selected = area.model.objects.filter(pk__in=ids)
         if area.policy is Policy.ANONYMIZE:
-            erased = selected.update(**area.anonymized)
+            erased = area.model.objects.filter(pk__in=ids).update(**area.anonymized)
         else:
-            erased = selected.delete()[1].get(area.model._meta.label, 0)
+            erased = _rows_delete(area.model, ids)
         count, _ = AccountErasureCount.objects.get_or_create(erasure=erasure, area=area.name)
         AccountErasureCount.objects.filter(pk=count.pk).update(rows=F("rows") + erased)
     if area.files_erase:
@@ -370,6 +369,26 @@ def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
         # the rows went, left it; one that records after finds its row gone and removes its own.
         area.files_erase(ids)
     return erased
+
+
+def _rows_delete(model: type[models.Model], ids: list) -> int:
+    """Delete the rows with these ids in one statement, after the rows that cascade from them
+    (a bulk delete each). Django's own `delete()` would first load every row of the slice, to
+    collect its cascade in Python: a third of a slice's time for uploads."""
+    for relation in model._meta.related_objects:
+        if relation.on_delete is not models.CASCADE:
+            raise ValueError(f"{model._meta.label}: erasing {relation} is not declared")
+        relation.related_model.objects.filter(**{f"{relation.field.name}__in": ids}).delete()
+    pk = model._meta.pk
+    quote = connection.ops.quote_name
+    values = [pk.get_db_prep_value(row_id, connection) for row_id in ids]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {quote(model._meta.db_table)} WHERE {quote(pk.column)} "  # noqa: S608 (names from the model)
+            f"IN ({', '.join(['%s'] * len(values))})",
+            values,
+        )
+        return cursor.rowcount
 
 
 def _json_id(row_id):

@@ -50,6 +50,13 @@ def main() -> None:
     parser.add_argument(
         "--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="rows per account"
     )
+    parser.add_argument(
+        "--outbox-rows",
+        type=int,
+        default=0,
+        help="published outbox rows of other accounts, as a running service keeps for its "
+        "retention period (each slice looks through them for the ids it erases)",
+    )
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
 
@@ -68,7 +75,10 @@ def main() -> None:
             logfile=workdir / "worker.log",
             concurrency=WORKER_CONCURRENCY,
         ) as worker:
-            _print_header(sizes=sizes, database_given=database_given)
+            _outbox_fill(rows=options.outbox_rows)
+            _print_header(
+                sizes=sizes, outbox_rows=options.outbox_rows, database_given=database_given
+            )
             _run(sizes=sizes, worker=worker)
 
 
@@ -85,6 +95,20 @@ def _run(*, sizes: list[int], worker: support.Worker) -> None:
         )
     print()
     print(f"load average   {support.load_average()} at the end")
+
+
+def _outbox_fill(*, rows: int) -> None:
+    from jobs.models import OutboxMessage
+
+    for start in range(0, rows, INSERT_BATCH):
+        OutboxMessage.objects.bulk_create(
+            OutboxMessage(
+                task_name="media.start_pipeline",
+                kwargs={"upload_id": str(uuid.uuid4())},
+                status=OutboxMessage.Status.PUBLISHED,
+            )
+            for _ in range(min(INSERT_BATCH, rows - start))
+        )
 
 
 def _account_made(*, rows: int):
@@ -184,11 +208,11 @@ def _pool_peak_megabytes(worker: support.Worker) -> float:
     return max(peaks, default=0) / 1024
 
 
-def _print_header(*, sizes: list[int], database_given: bool) -> None:
+def _print_header(*, sizes: list[int], outbox_rows: int, database_given: bool) -> None:
     support.print_run_header(
         title="Account erasure: the batch of slices against a raw SQL DELETE of the same rows",
         script="bench/erasure.py",
-        arguments=["--sizes", ",".join(map(str, sizes))],
+        arguments=["--sizes", ",".join(map(str, sizes)), "--outbox-rows", str(outbox_rows)],
         database_given=database_given,
     )
     from django.conf import settings
@@ -196,7 +220,8 @@ def _print_header(*, sizes: list[int], database_given: bool) -> None:
     print(
         f"method      per account: 1/2 email deliveries, 1/4 uploads, 1/4 variants, files for "
         f"1 upload in {FILES_EVERY}; slices of {settings.ACCOUNT_ERASURE_SLICE_ROWS} rows; "
-        f"one worker, concurrency {WORKER_CONCURRENCY}"
+        f"one worker, concurrency {WORKER_CONCURRENCY}; {outbox_rows} published outbox rows of "
+        "other accounts"
     )
     print()
 

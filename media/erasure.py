@@ -2,13 +2,7 @@
 
 from accounts.erasure import ErasureArea, erasure_area_register
 from media.models import Upload
-from media.services import upload_files_delete
-
-
-def _folders_delete(upload_ids: list) -> None:
-    for upload_id in upload_ids:
-        upload_files_delete(upload_id=str(upload_id))
-
+from media.services import upload_folders_delete
 
 # An upload's variants go with it (their foreign key cascades); its files are its folder.
 erasure_area_register(
@@ -18,8 +12,6 @@ erasure_area_register(
         rows=lambda user: Upload.objects.filter(owner=user),
         task_argument="upload_id",
         idempotency_keys=lambda ids: [f"media.upload_ready:{upload_id}" for upload_id in ids],
-        files_erase=lambda ids: [
-            upload_files_delete(upload_id=str(upload_id)) for upload_id in ids
-        ],
+        files_erase=lambda ids: upload_folders_delete(upload_ids=ids),
     )
 )

@@ -424,6 +424,15 @@ def upload_files_delete(*, upload_id: str) -> None:
     shutil.rmtree(upload_folder(upload_id), ignore_errors=True)
 
 
+def upload_folders_delete(*, upload_ids: list) -> None:
+    """`upload_files_delete` for many uploads (an erasure's slice), the common folder found once."""
+    root = upload_folder("-").parent
+    for upload_id in upload_ids:
+        folder = root / str(upload_id)
+        if folder.is_dir():  # most have none left: asking is ten times cheaper than rmtree failing
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 # --- pipeline steps -------------------------------------------------------------------------
 
 
