@@ -15,13 +15,15 @@ A cancel and an erasure meet on the receipt row: the cancel wins while the erasu
 started (the cancel is refused); both decide under the account row's lock, so never half of each.
 """
 
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 ERASURE_BATCH_KIND = "accounts.erasure"
 # The periodic job queues at most this many erasures per run; a backlog drains over runs.
 QUEUE_LIMIT = 100
+# Outbox rows or dead letters read at a time when looking for those that name an account's rows.
+REFERENCE_PAGE = 2_000
 # An erasure queued this long without starting, or whose batch finished this long ago without
 # the erasure finishing, lost a message: its task waits behind an upload in flight for 10 s at
 # a time, and a callback is published within seconds of its batch's end.
@@ -283,9 +287,11 @@ def account_erasure_start(*, erasure_id: int) -> ErasureStart:
         wait = upload_in_flight_wait(owner_id=user_id)  # one may have begun meanwhile
         if wait:
             return ErasureStart(started=False, wait=wait)
+        started_at = timezone.now()
         uploads_of_account_cancel(owner_id=user.pk)
         User.objects.filter(pk=user.pk).update(is_active=False)
         account_access_end(user=user)
+        _job_references_erase(user=user)
         batch = batch_start(
             kind=ERASURE_BATCH_KIND,
             items=_erasure_slices(erasure=erasure, user=user),
@@ -297,7 +303,7 @@ def account_erasure_start(*, erasure_id: int) -> ErasureStart:
             chunk_size=1,  # one chunk per slice: each slice is already a bounded piece of work
         )
         AccountErasure.objects.filter(pk=erasure.pk).update(
-            status=AccountErasure.Status.RUNNING, batch=batch, started_at=timezone.now()
+            status=AccountErasure.Status.RUNNING, batch=batch, started_at=started_at
         )
     logger.info("erasure %s started: %d slice(s)", erasure_id, batch.total)
     return ErasureStart(started=True)
@@ -353,9 +359,17 @@ def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
         # after the cascade was deleted, and fail the commit on their foreign key).
         list(rows.select_for_update().values_list("pk"))
         if area.task_argument:
-            named = {f"kwargs__{area.task_argument}__in": [_json_id(row_id) for row_id in ids]}
-            OutboxMessage.objects.filter(**named).delete()
-            DeadLetter.objects.filter(**named).delete()
+            # Those written before the erasure started went then (_job_references_erase); those
+            # since are few, and read through indexes.
+            since = erasure.started_at
+            named = {str(row_id) for row_id in ids}
+            for recent in (
+                OutboxMessage.objects.filter(
+                    Q(status=OutboxMessage.Status.PENDING) | Q(published_at__gte=since)
+                ),
+                DeadLetter.objects.filter(last_failed_at__gte=since),
+            ):
+                _job_rows_naming(recent, area.task_argument, named).delete()
         if area.idempotency_keys:
             IdempotencyKey.objects.filter(key__in=area.idempotency_keys(ids)).delete()
         if area.policy is Policy.ANONYMIZE:
@@ -391,9 +405,50 @@ def _rows_delete(model: type[models.Model], ids: list) -> int:
         return cursor.rowcount
 
 
-def _json_id(row_id):
-    # Task arguments are JSON: an integer id stays one, a UUID is its text.
-    return row_id if isinstance(row_id, int) else str(row_id)
+def _job_rows_naming(job_rows, argument: str, named: set[str]):
+    """Of these outbox rows or dead letters, those whose task argument `argument` is one of the
+    ids `named`: read as (pk, value) pairs and matched here, which costs a fraction of a
+    1,000-value JSON `IN` that the database evaluates on every row."""
+    values = job_rows.filter(kwargs__has_key=argument).values_list("pk", f"kwargs__{argument}")
+    matched = [
+        pk for pk, value in values.iterator(chunk_size=REFERENCE_PAGE) if str(value) in named
+    ]
+    return job_rows.model.objects.filter(pk__in=matched)
+
+
+def _job_references_erase(*, user: User) -> None:
+    """As the erasure starts, while every row of the account still exists: the outbox rows and
+    dead letters that name one of its rows by a task argument (`upload_id`, `delivery_id`),
+    found in one pass over each table a page at a time, each page's ids checked against the
+    account's rows in one query. Once per erasure: a pass per slice would read the whole outbox
+    (a service's history for its retention period) for every thousand rows erased."""
+    for area in _areas_to_erase():
+        if not area.task_argument:
+            continue
+        for model in (OutboxMessage, DeadLetter):
+            values = (
+                model.objects.filter(kwargs__has_key=area.task_argument)
+                .order_by("pk")
+                .values_list("pk", f"kwargs__{area.task_argument}")
+            )
+            rows = values.iterator(chunk_size=REFERENCE_PAGE)
+            while page := list(itertools.islice(rows, REFERENCE_PAGE)):
+                owned = _owned_ids(area, user, {str(value) for _, value in page})
+                naming = [pk for pk, value in page if str(value) in owned]
+                model.objects.filter(pk__in=naming).delete()
+
+
+def _owned_ids(area: ErasureArea, user: User, candidates: set[str]) -> set[str]:
+    """Which of these texts are ids of the account's rows in the area. A task argument can hold
+    anything (a message published by hand): one that is no id of the area's is no one's."""
+    field = area.model._meta.pk
+    valid = []
+    for candidate in candidates:
+        try:
+            valid.append(field.to_python(candidate))
+        except (ValidationError, ValueError, TypeError):
+            continue
+    return {str(pk) for pk in area.rows(user).filter(pk__in=valid).values_list("pk", flat=True)}
 
 
 def account_erasure_finish(*, erasure_id: int) -> bool:
