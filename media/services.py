@@ -421,11 +421,12 @@ def uploads_of_account_cancel(*, owner_id: int) -> int:
 
 def upload_files_delete(*, upload_id: str) -> None:
     # Idempotent: a second run finds nothing to remove.
-    shutil.rmtree(upload_folder(upload_id), ignore_errors=True)
+    upload_folders_delete(upload_ids=[upload_id])
 
 
 def upload_folders_delete(*, upload_ids: list) -> None:
-    """`upload_files_delete` for many uploads (an erasure's slice), the common folder found once."""
+    """Remove the uploads' folders (an erasure's slice: many at once, the common folder found
+    once)."""
     root = upload_folder("-").parent
     for upload_id in upload_ids:
         folder = root / str(upload_id)
