@@ -4,9 +4,9 @@ instead, before an account's grace period ends."""
 from django.conf import settings
 from django.core.checks import Error, register
 
-# A slice's ids go into `IN (...)` lists (SQLite allows 32,766 parameters a statement), its
-# upload folders are removed twice within the chunk's time limit, and its transaction holds
-# its rows' locks: ten thousand rows keeps all three far inside their bounds.
+# A slice's ids go into `IN (...)` lists (its idempotency keys; SQLite allows 32,766 parameters
+# a statement), its upload folders are removed twice within the chunk's time limit, and its
+# transaction holds its rows' locks: ten thousand rows keeps all three far inside their bounds.
 MAX_SLICE_ROWS = 10_000
 
 

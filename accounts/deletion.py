@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -305,6 +305,10 @@ def account_erasure_start(*, erasure_id: int) -> ErasureStart:
         AccountErasure.objects.filter(pk=erasure.pk).update(
             status=AccountErasure.Status.RUNNING, batch=batch, started_at=started_at
         )
+        # A count per area from the start: each slice then moves its own with one UPDATE.
+        AccountErasureCount.objects.bulk_create(
+            AccountErasureCount(erasure=erasure, area=area.name) for area in _areas_to_erase()
+        )
     logger.info("erasure %s started: %d slice(s)", erasure_id, batch.total)
     return ErasureStart(started=True)
 
@@ -348,36 +352,36 @@ def account_erasure_slice(*, erasure_id: int, area: str, first: str, last: str) 
 
 
 def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
-    ids = list(rows.values_list("pk", flat=True))
-    if not ids:
-        return 0
+    """Erase these rows of the area: their files, then in one transaction the job platform's
+    records that name them and the rows, in one statement per table (deleted or anonymized),
+    then their files once more. Returns how many rows."""
     if area.files_erase:
-        area.files_erase(ids)  # first: a crash after it leaves rows, never unreachable files
+        # Before the rows, so that a crash leaves rows without files, never files nobody can
+        # reach; and before the transaction, which on SQLite holds the one write lock.
+        area.files_erase(list(rows.values_list("pk", flat=True)))
     with transaction.atomic():
-        # Locked first: a pipeline step recording what it wrote holds its upload's lock, so it
-        # commits before this delete or finds its upload gone (its rows would otherwise appear
-        # after the cascade was deleted, and fail the commit on their foreign key).
-        list(rows.select_for_update().values_list("pk"))
+        ids = None
+        if _ids_read_first(area):
+            # Locked first: a pipeline step recording what it wrote holds its upload's lock, so
+            # it commits before this delete or finds its upload gone (its rows would otherwise
+            # appear after the cascade was deleted, and fail the commit on their foreign key).
+            ids = list(rows.select_for_update().order_by().values_list("pk", flat=True))
+            if not ids:
+                return 0
         if area.task_argument:
-            # Those written before the erasure started went then (_job_references_erase); those
-            # since are few, and read through indexes.
-            since = erasure.started_at
-            named = {str(row_id) for row_id in ids}
-            for recent in (
-                OutboxMessage.objects.filter(
-                    Q(status=OutboxMessage.Status.PENDING) | Q(published_at__gte=since)
-                ),
-                DeadLetter.objects.filter(last_failed_at__gte=since),
-            ):
-                _job_rows_naming(recent, area.task_argument, named).delete()
+            _job_rows_since_naming(since=erasure.started_at, area=area, rows=rows)
         if area.idempotency_keys:
             IdempotencyKey.objects.filter(key__in=area.idempotency_keys(ids)).delete()
+        # By the slice's own condition, not by its ids: a statement that reads the rows through
+        # the area's index costs a fraction of one with thousands of values in it. Where ids
+        # were read, these are the rows just locked: an account being erased can add none.
         if area.policy is Policy.ANONYMIZE:
-            erased = area.model.objects.filter(pk__in=ids).update(**area.anonymized)
+            erased = rows.update(**area.anonymized)
         else:
-            erased = _rows_delete(area.model, ids)
-        count, _ = AccountErasureCount.objects.get_or_create(erasure=erasure, area=area.name)
-        AccountErasureCount.objects.filter(pk=count.pk).update(rows=F("rows") + erased)
+            erased = _rows_delete(rows)
+        AccountErasureCount.objects.filter(erasure=erasure, area=area.name).update(
+            rows=F("rows") + erased
+        )
     if area.files_erase:
         # Again: a pipeline step that wrote a file after the first pass, and recorded it before
         # the rows went, left it; one that records after finds its row gone and removes its own.
@@ -385,35 +389,65 @@ def _area_erase(*, erasure: AccountErasure, area: ErasureArea, rows) -> int:
     return erased
 
 
-def _rows_delete(model: type[models.Model], ids: list) -> int:
-    """Delete the rows with these ids in one statement, after the rows that cascade from them
-    (a bulk delete each). Django's own `delete()` would first load every row of the slice, to
-    collect its cascade in Python: a third of a slice's time for uploads."""
+def _ids_read_first(area: ErasureArea) -> bool:
+    """Whether a slice reads (and locks) its rows' ids before deleting them: for their files,
+    their idempotency keys, or the rows that cascade from them. The others are deleted by
+    their condition alone, without reading thousands of ids to no purpose."""
+    return bool(area.files_erase or area.idempotency_keys or area.model._meta.related_objects)
+
+
+def _rows_delete(rows: models.QuerySet) -> int:
+    """Delete these rows in one statement, after the rows that cascade from them (one statement
+    each). Django's own `delete()` would first load every row, to collect its cascade in
+    Python: a third of a slice's time for uploads."""
+    model = rows.model
     for relation in model._meta.related_objects:
         if relation.on_delete is not models.CASCADE:
             raise ValueError(f"{model._meta.label}: erasing {relation} is not declared")
-        relation.related_model.objects.filter(**{f"{relation.field.name}__in": ids}).delete()
-    pk = model._meta.pk
+        _statement_delete(
+            relation.related_model.objects.filter(
+                **{f"{relation.field.name}__in": rows.order_by().values("pk")}
+            )
+        )
+    return _statement_delete(rows)
+
+
+def _statement_delete(rows: models.QuerySet) -> int:
+    """`DELETE FROM <table> WHERE <pk> IN (<the queryset's SELECT>)`: one statement, no row read
+    into Python."""
+    select, params = rows.order_by().values("pk").query.sql_with_params()
     quote = connection.ops.quote_name
-    values = [pk.get_db_prep_value(row_id, connection) for row_id in ids]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"DELETE FROM {quote(model._meta.db_table)} WHERE {quote(pk.column)} "  # noqa: S608 (names from the model)
-            f"IN ({', '.join(['%s'] * len(values))})",
-            values,
+            f"DELETE FROM {quote(rows.model._meta.db_table)} "  # noqa: S608 (names from the model)
+            f"WHERE {quote(rows.model._meta.pk.column)} IN ({select})",
+            params,
         )
         return cursor.rowcount
 
 
-def _job_rows_naming(job_rows, argument: str, named: set[str]):
-    """Of these outbox rows or dead letters, those whose task argument `argument` is one of the
-    ids `named`: read as (pk, value) pairs and matched here, which costs a fraction of a
-    1,000-value JSON `IN` that the database evaluates on every row."""
-    values = job_rows.filter(kwargs__has_key=argument).values_list("pk", f"kwargs__{argument}")
-    matched = [
-        pk for pk, value in values.iterator(chunk_size=REFERENCE_PAGE) if str(value) in named
-    ]
-    return job_rows.model.objects.filter(pk__in=matched)
+def _job_rows_since_naming(*, since: datetime, area: ErasureArea, rows) -> None:
+    """Delete the outbox rows and dead letters written since the erasure started that name one
+    of these rows by the area's task argument. Those written before went as it started
+    (_job_references_erase); these are few, and found through indexes (pending rows, rows
+    published since, rows that could not be published, dead letters failed since), then matched
+    against the slice's rows in one query."""
+    for recent in (
+        OutboxMessage.objects.filter(
+            Q(status=OutboxMessage.Status.PENDING)
+            | Q(status=OutboxMessage.Status.PUBLISHED, published_at__gte=since)
+            | Q(status=OutboxMessage.Status.UNPUBLISHABLE)
+        ),
+        DeadLetter.objects.filter(last_failed_at__gte=since),
+    ):
+        values = recent.filter(kwargs__has_key=area.task_argument).values_list(
+            "pk", f"kwargs__{area.task_argument}"
+        )
+        named = {pk: str(value) for pk, value in values}
+        if named:
+            owned = _owned_ids(area, rows, set(named.values()))
+            naming = [pk for pk, value in named.items() if value in owned]
+            recent.model.objects.filter(pk__in=naming).delete()
 
 
 def _job_references_erase(*, user: User) -> None:
@@ -421,7 +455,7 @@ def _job_references_erase(*, user: User) -> None:
     dead letters that name one of its rows by a task argument (`upload_id`, `delivery_id`),
     found in one pass over each table a page at a time, each page's ids checked against the
     account's rows in one query. Once per erasure: a pass per slice would read the whole outbox
-    (a service's history for its retention period) for every thousand rows erased."""
+    (a service's history for its retention period) for every slice erased."""
     for area in _areas_to_erase():
         if not area.task_argument:
             continue
@@ -433,13 +467,13 @@ def _job_references_erase(*, user: User) -> None:
             )
             rows = values.iterator(chunk_size=REFERENCE_PAGE)
             while page := list(itertools.islice(rows, REFERENCE_PAGE)):
-                owned = _owned_ids(area, user, {str(value) for _, value in page})
+                owned = _owned_ids(area, area.rows(user), {str(value) for _, value in page})
                 naming = [pk for pk, value in page if str(value) in owned]
                 model.objects.filter(pk__in=naming).delete()
 
 
-def _owned_ids(area: ErasureArea, user: User, candidates: set[str]) -> set[str]:
-    """Which of these texts are ids of the account's rows in the area. A task argument can hold
+def _owned_ids(area: ErasureArea, rows, candidates: set[str]) -> set[str]:
+    """Which of these texts are ids of these rows of the area. A task argument can hold
     anything (a message published by hand): one that is no id of the area's is no one's."""
     field = area.model._meta.pk
     valid = []
@@ -448,7 +482,15 @@ def _owned_ids(area: ErasureArea, user: User, candidates: set[str]) -> set[str]:
             valid.append(field.to_python(candidate))
         except (ValidationError, ValueError, TypeError):
             continue
-    return {str(pk) for pk in area.rows(user).filter(pk__in=valid).values_list("pk", flat=True)}
+    # Found by their ids, each then checked to be one of `rows`: asked as one condition, SQLite
+    # reads every row of the account through its owner index instead, for every page.
+    found = (
+        area.model.objects.filter(pk__in=valid)
+        .filter(Exists(rows.filter(pk=OuterRef("pk"))))
+        .order_by()
+        .values_list("pk", flat=True)
+    )
+    return {str(pk) for pk in found}
 
 
 def account_erasure_finish(*, erasure_id: int) -> bool:

@@ -175,7 +175,12 @@ class EmailDelivery(models.Model):
 
     class Meta:
         verbose_name_plural = "email deliveries"
-        indexes = [models.Index(fields=["status", "sent_at"], name="accounts_delivery_sent")]
+        indexes = [
+            models.Index(fields=["status", "sent_at"], name="accounts_delivery_sent"),
+            # An erasure finds the emails to an address that had no account yet (a signup
+            # attempt, a verification) by it, a slice at a time.
+            models.Index(fields=["recipient"], name="accounts_delivery_recipient"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.recipient} ({self.status})"

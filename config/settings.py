@@ -351,9 +351,11 @@ ACCOUNT_LOGIN_MAX_LOCK_SECONDS = env.int("ACCOUNT_LOGIN_MAX_LOCK_SECONDS", defau
 # undone). 0 erases at once.
 ACCOUNT_DELETION_GRACE_DAYS = env.int("ACCOUNT_DELETION_GRACE_DAYS", default=7)
 # An erasure deletes each kind of the account's data in slices of at most this many rows, one
-# chunk of its batch per slice: a slice's transaction stays short (milliseconds, not a lock on
-# the table for the whole account), and a crash repeats one slice, not the account.
-ACCOUNT_ERASURE_SLICE_ROWS = env.int("ACCOUNT_ERASURE_SLICE_ROWS", default=1000)
+# chunk of its batch per slice: a slice's transaction stays short (tens of milliseconds, not a
+# lock on the table for the whole account), and a crash repeats one slice, not the account.
+# 5,000: each slice also pays a task's round trip, the batch's bookkeeping and a commit, which
+# at 1,000 rows cost as much as the rows themselves (docs/accounts.md, "What an erasure costs").
+ACCOUNT_ERASURE_SLICE_ROWS = env.int("ACCOUNT_ERASURE_SLICE_ROWS", default=5000)
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web
 # refuses to start with DEBUG off until it is set ("none": clients connect directly), because

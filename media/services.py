@@ -19,6 +19,7 @@ broker lost, a step run outside its canvas) is resumed by publishing only the mi
 import contextlib
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import timedelta
@@ -427,10 +428,11 @@ def upload_files_delete(*, upload_id: str) -> None:
 def upload_folders_delete(*, upload_ids: list) -> None:
     """Remove the uploads' folders (an erasure's slice: many at once, the common folder found
     once)."""
-    root = upload_folder("-").parent
+    # Plain strings, not Path objects: a slice asks this of thousands of ids, twice.
+    root = f"{upload_folder('-').parent}{os.sep}"
     for upload_id in upload_ids:
-        folder = root / str(upload_id)
-        if folder.is_dir():  # most have none left: asking is ten times cheaper than rmtree failing
+        folder = f"{root}{upload_id}"
+        if os.path.isdir(folder):  # most have none: asking is ten times cheaper than rmtree failing
             shutil.rmtree(folder, ignore_errors=True)
 
 

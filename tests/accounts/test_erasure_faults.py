@@ -26,7 +26,7 @@ from accounts.deletion import (
 )
 from accounts.models import AccountErasure, EmailDelivery
 from jobs.batches import batch_chunk_complete
-from jobs.models import BatchChunk, DeadLetter
+from jobs.models import BatchChunk, DeadLetter, OutboxMessage
 from media import services as media_services
 from media.models import Upload, UploadVariant
 from media.services import upload_folder
@@ -311,3 +311,54 @@ def test_a_step_recording_a_variant_while_its_upload_is_erased_fails_nothing(no_
         thread.join(30)
     assert errors == []
     assert not Upload.objects.filter(pk=upload.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_records_written_after_the_start_go_with_the_rows_they_name_and_no_others(
+    no_worker_running,
+):
+    # given two accounts with an email each, and the erasure of one started
+    leaving, staying = verified_user(), verified_user("staying@example.com")
+    emails = {
+        user.pk: EmailDelivery.objects.create(
+            kind=EmailDelivery.Kind.WELCOME,
+            user=user,
+            recipient=user.email,
+            subject="Welcome",
+            body_text="Hello",
+            message_id=f"<{user.pk}@test>",
+        )
+        for user in (leaving, staying)
+    }
+    erasure = queued(leaving)
+    assert account_erasure_start(erasure_id=erasure.pk).started
+    # when, after the start, jobs naming each email are written (a retry waiting to be
+    # published, one published, a dead letter), and one whose argument is no id at all
+    for user_id, email in emails.items():
+        delivery_id = str(email.pk)
+        OutboxMessage.objects.create(task_name="t", kwargs={"delivery_id": delivery_id})
+        OutboxMessage.objects.create(
+            task_name="t",
+            kwargs={"delivery_id": delivery_id},
+            status=OutboxMessage.Status.PUBLISHED,
+            published_at=timezone.now(),
+        )
+        DeadLetter.objects.create(
+            task_name="t", task_id=f"dead-{user_id}", kwargs={"delivery_id": delivery_id}
+        )
+    DeadLetter.objects.create(task_name="t", task_id="junk", kwargs={"delivery_id": "x' OR 1"})
+    slices_run(erasure)
+    # then those naming the erased email are gone, the other account's and the junk stay
+    left = {
+        (type(row).__name__, row.kwargs["delivery_id"])
+        for model in (OutboxMessage, DeadLetter)
+        for row in model.objects.filter(kwargs__has_key="delivery_id")
+    }
+    staying_id = str(emails[staying.pk].pk)
+    assert left == {
+        ("OutboxMessage", staying_id),
+        ("DeadLetter", staying_id),
+        ("DeadLetter", "x' OR 1"),
+    }
+    assert OutboxMessage.objects.filter(kwargs__delivery_id=staying_id).count() == 2
+    assert EmailDelivery.objects.filter(user=staying).count() == 1
