@@ -1,8 +1,10 @@
 """Emails as status rows: rendered in the request, sent by a task on the `emails` queue."""
 
 import logging
+import mimetypes
 from datetime import timedelta
 from email.utils import make_msgid
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from django.conf import settings
@@ -40,12 +42,14 @@ def email_delivery_create(
     user: User | None = None,
     context: dict | None = None,
     link_purpose: str = "",
+    attachment: str = "",
 ) -> EmailDelivery:
     """Render the email and queue it durably; call inside the transaction that needs it, so it
     is sent if and only if that transaction commits (and even if the broker is down now).
 
     With `link_purpose` (a `tokens.PURPOSE_*`), the templates' `token` is a placeholder and the
     user's current token state is stored; the token itself is made when the email is sent.
+    `attachment`: a file under MEDIA_ROOT (its path relative to it), attached when it is sent.
     """
     from accounts import tasks  # the task module imports this one
 
@@ -67,6 +71,7 @@ def email_delivery_create(
         body_text=render_to_string(f"emails/{kind}.txt", context),
         body_html=render_to_string(f"emails/{kind}.html", context),
         link_purpose=link_purpose,
+        attachment=attachment,
         link_state=tokens.token_state(purpose=link_purpose, user=user) if link_purpose else "",
         message_id=make_msgid(domain=urlsplit(settings.SITE_URL).hostname or "localhost"),
     )
@@ -190,7 +195,20 @@ def _smtp_send(delivery: EmailDelivery) -> None:
     )
     if body_html:
         message.attach_alternative(body_html, "text/html")
+    if delivery.attachment:
+        path = _attachment_path(delivery.attachment)
+        message.attach(path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0])
     message.send(fail_silently=False)
+
+
+def _attachment_path(relative: str) -> Path:
+    """The attachment's file; PermanentError if it is gone (a report deleted before its email
+    went out: an email that says "attached" must not go without it), or outside MEDIA_ROOT."""
+    root = Path(settings.MEDIA_ROOT).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise PermanentError(f"the attachment {relative!r} is no longer there")
+    return path
 
 
 def _bodies_with_link(delivery: EmailDelivery) -> tuple[str, str]:

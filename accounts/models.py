@@ -144,6 +144,7 @@ class EmailDelivery(models.Model):
         DELETION_SCHEDULED = "deletion_scheduled", "account deletion scheduled"
         DELETION_CANCELLED = "deletion_cancelled", "account deletion cancelled"
         ACCOUNT_ERASED = "account_erased", "account erased"
+        REPORT_READY = "report_ready", "report ready"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -162,6 +163,8 @@ class EmailDelivery(models.Model):
     subject = models.CharField(max_length=200)
     body_text = models.TextField()
     body_html = models.TextField(blank=True)
+    # A file sent with the email, relative to MEDIA_ROOT (a report's PDF); read when it is sent.
+    attachment = models.CharField(max_length=255, blank=True)
     link_purpose = models.CharField(max_length=40, blank=True)
     link_state = models.CharField(max_length=64, blank=True)
     message_id = models.CharField(max_length=255, unique=True)

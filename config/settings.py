@@ -356,6 +356,15 @@ ACCOUNT_DELETION_GRACE_DAYS = env.int("ACCOUNT_DELETION_GRACE_DAYS", default=7)
 # 5,000: each slice also pays a task's round trip, the batch's bookkeeping and a commit, which
 # at 1,000 rows cost as much as the rows themselves (docs/accounts.md, "What an erasure costs").
 ACCOUNT_ERASURE_SLICE_ROWS = env.int("ACCOUNT_ERASURE_SLICE_ROWS", default=5000)
+# Reports (reports/): a period that ended longer than this before any dispatch saw it (beat was
+# down) is skipped and logged rather than sent late: a day's report a week late is noise. 24 h
+# covers a night's outage and a day's timezones.
+REPORT_CATCH_UP_HOURS = env.int("REPORT_CATCH_UP_HOURS", default=24)
+# Reports and their PDFs are deleted this many days after they were made.
+REPORT_RETENTION_DAYS = env.int("REPORT_RETENTION_DAYS", default=90)
+# A larger PDF goes as a link, not attached: many mail servers refuse messages over 10 MB, and
+# base64 makes an attachment a third larger.
+REPORT_ATTACH_MAX_BYTES = env.int("REPORT_ATTACH_MAX_BYTES", default=5 * 1024 * 1024)
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web
 # refuses to start with DEBUG off until it is set ("none": clients connect directly), because
@@ -474,4 +483,7 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # WeasyPrint logs each step of each render at INFO; its warnings (a refused URL, a CSS
+    # property it does not know) still show.
+    "loggers": {"weasyprint.progress": {"level": "WARNING"}},
 }

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts.urls import api_urlpatterns as accounts_api
 from jobs import views as jobs_views
 from media.urls import api_urlpatterns as media_api
+from reports.urls import api_urlpatterns as reports_api
 
 urlpatterns = [
     path("healthz", jobs_views.healthz, name="healthz"),
@@ -14,7 +15,9 @@ urlpatterns = [
     path("api/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include((accounts_api, "accounts-api"))),
     path("api/v1/", include((media_api, "media-api"))),
+    path("api/v1/", include((reports_api, "reports-api"))),
     path("", include("media.urls")),
+    path("", include("reports.urls")),
     path("admin/", admin.site.urls),
     path("", include("accounts.urls")),
 ]

@@ -31,6 +31,9 @@ class Upload(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
+    # The file name the person's client gave: a label shown back to them (escaped, in pages and
+    # reports), never a path, and never trusted for what the file is.
+    original_name = models.CharField(max_length=255, blank=True)
     # What Pillow found in the header; the client's name and type are never trusted.
     source_format = models.CharField(max_length=10)
     source_bytes = models.PositiveBigIntegerField()

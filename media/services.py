@@ -101,6 +101,19 @@ def _source_path(upload_id: UUID | str) -> Path:
 # --- request path -------------------------------------------------------------------------
 
 
+# Longer names are cut: the column's length, and more than any file system keeps.
+UPLOAD_NAME_MAX_CHARS = 255
+
+
+def upload_name_cleaned(name: str | None) -> str:
+    """The client's file name as a one-line label: its last path segment (a client may send a
+    whole path), without control characters, cut to UPLOAD_NAME_MAX_CHARS. Not escaped: that
+    is the job of whatever shows it."""
+    label = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    label = "".join(character for character in label if character.isprintable())
+    return label.strip()[:UPLOAD_NAME_MAX_CHARS]
+
+
 def upload_create(*, owner, file: UploadedFile) -> Upload:
     """Validate and store an upload, and start its processing after commit.
 
@@ -111,7 +124,12 @@ def upload_create(*, owner, file: UploadedFile) -> Upload:
         raise UploadRejected(upload_too_large_message(), status=413)
     if file.size == 0:
         raise UploadRejected("The file is empty.", status=400)
-    upload = Upload(owner=owner, source_format="", source_bytes=file.size)
+    upload = Upload(
+        owner=owner,
+        original_name=upload_name_cleaned(file.name),
+        source_format="",
+        source_bytes=file.size,
+    )
     source = _source_path(upload.pk)
     source.parent.mkdir(parents=True, exist_ok=True)
     with source.open("wb") as destination:

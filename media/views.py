@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
@@ -12,6 +12,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from config.files import private_file_response
 from media import selectors, services
 from media.images import VARIANTS_BY_NAME
 
@@ -41,10 +42,7 @@ class UploadFileView(APIView):
     """An upload's file, for its owner (session or bearer token) and the admin's staff only.
 
     URLs carry the upload's random id, but an unguessable URL is not access control: a link
-    leaks through history, logs and referrers, so every request is checked. In production set
-    MEDIA_ACCEL_REDIRECT_PREFIX and let nginx send the bytes from an `internal` location
-    (X-Accel-Redirect): Django only decides, nginx streams. With object storage, answer with a
-    short-lived signed URL instead.
+    leaks through history, logs and referrers, so every request is checked.
     """
 
     @extend_schema(
@@ -62,14 +60,4 @@ class UploadFileView(APIView):
         if path is None:
             raise Http404
         content_type = "image/png" if path.suffix == ".png" else "image/jpeg"
-        if settings.MEDIA_ACCEL_REDIRECT_PREFIX:
-            relative = path.relative_to(settings.MEDIA_ROOT).as_posix()
-            response = HttpResponse(content_type=content_type)
-            response["X-Accel-Redirect"] = (
-                settings.MEDIA_ACCEL_REDIRECT_PREFIX.rstrip("/") + "/" + relative
-            )
-        else:
-            response = FileResponse(path.open("rb"), content_type=content_type)
-        # Private to this user: shared caches must not keep it.
-        response["Cache-Control"] = "private, max-age=3600"
-        return response
+        return private_file_response(path, content_type=content_type)

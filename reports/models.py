@@ -1,1 +1,108 @@
-# Models arrive with this app's issue; the app is installed now so its first migration is clean.
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils.timezone import now
+
+from reports.periods import DAILY, MONTHLY, WEEKLY
+
+
+class Frequency(models.TextChoices):
+    OFF = "off", "off"
+    DAILY = DAILY, "daily"
+    WEEKLY = WEEKLY, "weekly"
+    MONTHLY = MONTHLY, "monthly"
+
+
+class ReportSchedule(models.Model):
+    """How often a person wants a report of their activity, and in which timezone their days
+    begin. No row is the same as "off"."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="report_schedule"
+    )
+    frequency = models.CharField(max_length=10, choices=Frequency.choices, default=Frequency.OFF)
+    timezone = models.CharField(max_length=64, default="UTC")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # The dispatcher's question: who is subscribed at this frequency, in id order?
+            models.Index(fields=["frequency", "user"], name="reports_schedule_subscribed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.frequency} in {self.timezone}"
+
+
+class Report(models.Model):
+    """One report of one person's activity over one period: exactly one per person, length and
+    period (a unique constraint, not a check), however often or concurrently it is asked for.
+
+    The id is a random UUID: it appears in URLs, so it must not be guessable or countable.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RENDERING = "rendering", "rendering"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
+    )
+    frequency = models.CharField(
+        max_length=10, choices=[c for c in Frequency.choices if c[0] != Frequency.OFF]
+    )
+    timezone = models.CharField(max_length=64)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    # Asked for by the person (POST /api/v1/reports), rather than sent by their schedule.
+    on_demand = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    pdf_bytes = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period_start", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "frequency", "period_start"], name="reports_one_per_period"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["user", "-period_start"], name="reports_user_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.frequency} report {self.pk} ({self.status})"
+
+
+class ReportRun(models.Model):
+    """One dispatch of one period to one group of subscribers (a frequency and a timezone): the
+    unique key that makes a period's dispatch happen once, however many dispatchers run, and
+    the record that a period was skipped (it ended longer than REPORT_CATCH_UP_HOURS before any
+    dispatch saw it)."""
+
+    frequency = models.CharField(max_length=10)
+    timezone = models.CharField(max_length=64)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    skipped = models.BooleanField(default=False)
+    batch = models.ForeignKey("jobs.Batch", null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["frequency", "timezone", "period_start"], name="reports_run_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.frequency} {self.period_start:%Y-%m-%d} in {self.timezone}"

@@ -205,6 +205,12 @@ def test_the_schema_lists_every_error_answer_each_operation_can_give(client):
         "GET /api/v1/uploads/{upload_id}": ["200", "401", "404"],
         "DELETE /api/v1/uploads/{upload_id}": sorted(["204", *session, "404"]),
         "GET /files/{upload_id}/{name}": ["200", "401", "404"],
+        "GET /api/v1/reports/schedule": ["200", "401"],
+        "PUT /api/v1/reports/schedule": sorted(["200", *body, *session]),
+        "GET /api/v1/reports": ["200", "401", "404"],
+        "POST /api/v1/reports": sorted(["202", *body, *session]),
+        "GET /api/v1/reports/{report_id}": ["200", "401", "404"],
+        "GET /api/v1/reports/{report_id}/download": ["200", "401", "404"],
     }
     # and every error answer has the one error body, a 429 its Retry-After header
     for name, operation in operations.items():

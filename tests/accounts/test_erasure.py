@@ -1,6 +1,7 @@
 """An account's erasure, on real workers: everything of the erased account goes, everything of
 the other stays, a receipt and one last email remain (accounts/deletion.py)."""
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +23,8 @@ from jobs.models import DeadLetter
 from jobs.outbox import enqueue_in, outbox_relay
 from media.models import Upload
 from media.services import upload_folder
+from reports.models import Report
+from reports.services import report_file
 from tests.jobs.test_worker_recovery import kill_whole
 from tests.media.images_for_tests import jpeg
 from tests.services import eventually
@@ -36,6 +39,7 @@ class Account:
     browser: Client  # logged in with a session
     app: Client  # logged in with a bearer token
     upload_ids: list[str]
+    report_ids: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def email(self) -> str:
@@ -58,6 +62,11 @@ def account_with_data(email: str, *, uploads: int = 3) -> Account:
         response = app.post("/api/v1/uploads", {"file": file})
         assert response.status_code == 202, response.content
         upload_ids.append(response.json()["id"])
+    schedule = {"frequency": "weekly", "timezone": "Europe/Paris"}
+    answer = app.put("/api/v1/reports/schedule", schedule, content_type="application/json")
+    assert answer.status_code == 200, answer.content
+    report = app.post("/api/v1/reports", {"frequency": "daily"}, content_type="application/json")
+    assert report.status_code == 202, report.content
     with transaction.atomic():
         email_delivery_create(kind=EmailDelivery.Kind.WELCOME, recipient=email, user=user)
         # Someone tried to sign up with the address: an email to it, with no account attached.
@@ -67,19 +76,29 @@ def account_with_data(email: str, *, uploads: int = 3) -> Account:
         DeadLetter.objects.create(
             task_name="tests.failed", task_id=uuid.uuid4().hex, kwargs=kwargs, exception_class="X"
         )
-    return Account(user=user, browser=browser, app=app, upload_ids=upload_ids)
+    return Account(
+        user=user,
+        browser=browser,
+        app=app,
+        upload_ids=upload_ids,
+        report_ids=[report.json()["id"]],
+    )
 
 
 def processed(account: Account) -> bool:
-    return not Upload.objects.filter(
-        pk__in=account.upload_ids, status__in=["queued", "processing"]
-    ).exists()
+    return not (
+        Upload.objects.filter(
+            pk__in=account.upload_ids, status__in=["queued", "processing"]
+        ).exists()
+        or Report.objects.filter(pk__in=account.report_ids, status__in=["queued", "rendering"])
+        .exists()
+    )  # fmt: skip
 
 
 def traces(account: Account) -> list[str]:
     """Every row, in every table, that links to the account, holds its address or names one of
     its uploads; every file of its uploads."""
-    needles = [account.email, *account.upload_ids]
+    needles = [account.email, *account.upload_ids, *account.report_ids]
     found = []
     for model in apps.get_models():
         for field in model._meta.concrete_fields:
@@ -97,6 +116,7 @@ def traces(account: Account) -> list[str]:
     if AccountSession.objects.filter(account_id=account.user.pk).exists():
         found.append("a session of the account")
     found += [f"files of {u}" for u in account.upload_ids if upload_folder(u).exists()]
+    found += [f"PDF of {r}" for r in account.report_ids if report_file(r).exists()]
     return found
 
 
@@ -109,14 +129,16 @@ def erase_now(account: Account, settings) -> AccountErasure:
     return AccountErasure.objects.get(user=account.user)
 
 
-def erased(erasure: AccountErasure, timeout: float = 60, relaying: bool = False) -> AccountErasure:
-    """Wait for the erasure's end; `relaying`: running the outbox relay meanwhile, as beat does
-    every few seconds (a message whose publishing a killed worker had claimed goes out only once
-    its claim lapses, at the first relay after)."""
+def erased(erasure: AccountErasure, timeout: float = 60, nets: bool = False) -> AccountErasure:
+    """Wait for the erasure's end; with `nets`, running meanwhile what beat runs for messages a
+    killed worker took with it: the outbox relay (a message whose publishing it had claimed) and
+    the batches' sweep, as it runs once a chunk's lease lapsed (on Redis, a message the worker
+    had popped from its queue and not yet recorded as unacknowledged when it died is lost)."""
 
     def done():
-        if relaying:
+        if nets:
             outbox_relay()
+            batches_sweep(now=timezone.now() + CHUNK_LEASE + timedelta(seconds=1))
         return AccountErasure.objects.filter(
             pk=erasure.pk, status=AccountErasure.Status.DONE
         ).first()
@@ -146,13 +168,16 @@ def test_an_erasure_leaves_nothing_of_the_account_and_everything_of_the_other(
     assert staying.app.get("/api/v1/me").status_code == 200
     assert staying.browser.get("/api/v1/me").status_code == 200
     assert all(upload_folder(u).exists() for u in staying.upload_ids)
+    assert all(report_file(r).exists() for r in staying.report_ids)
     # and the receipt says what was erased, with no personal data
     assert receipt.user_id is None
     assert receipt.account_hash == account_hash(leaving.user.pk)
     assert receipt.started_at <= receipt.finished_at
     counts = dict(receipt.counts.values_list("area", "rows"))
     assert counts["media.Upload"] == 3
-    assert counts["accounts.EmailDelivery"] == 2  # welcome, signup attempt (no grace: no notice)
+    assert counts["reports.Report"] == 1 and counts["reports.ReportSchedule"] == 1
+    # welcome, signup attempt, report ready (no grace: no notice)
+    assert counts["accounts.EmailDelivery"] == 3
     assert counts["jobs.DeadLetter"] >= 1 and counts["jobs.OutboxMessage"] >= 1
     # and one last email went to the old address, whose row then forgot it
     smtp.wait_for(leaving.email, subject="Your account has been deleted")
@@ -231,7 +256,7 @@ def test_a_worker_killed_whole_mid_erasure_leaves_it_to_another_which_finishes_i
     assert AccountErasure.objects.get(pk=erasure.pk).status == AccountErasure.Status.RUNNING
     # then another worker finishes it: every row erased and counted once, one last email
     start_worker(concurrency=2, extra_env=slices)
-    receipt = erased(erasure, timeout=90, relaying=True)
+    receipt = erased(erasure, timeout=90, nets=True)
     assert traces(account) == []
     assert dict(receipt.counts.values_list("area", "rows"))["accounts.EmailDelivery"] == 60
     smtp.wait_for(account.email, subject="Your account has been deleted")

@@ -1,0 +1,32 @@
+"""Run the report dispatch beat runs, now or for a given moment (to back-fill a period).
+
+    python manage.py reports_dispatch [--at 2026-03-02T00:05:00+01:00]
+
+Periods that ended within REPORT_CATCH_UP_HOURS before that moment, and have not been
+dispatched, are; running it again, or while beat runs it, dispatches nothing twice.
+"""
+
+from datetime import datetime
+
+from django.core.management.base import BaseCommand, CommandError
+
+from reports.services import reports_dispatch
+
+
+class Command(BaseCommand):
+    help = "Dispatch the reports of the periods that ended before a moment (default: now)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--at", help="ISO 8601 moment, with its UTC offset")
+
+    def handle(self, *args, at: str | None = None, **options) -> None:
+        moment = None
+        if at is not None:
+            try:
+                moment = datetime.fromisoformat(at)
+            except ValueError as error:
+                raise CommandError(f"--at: not an ISO 8601 moment: {at!r}") from error
+            if moment.tzinfo is None:
+                raise CommandError("--at: give the UTC offset (2026-03-02T00:05:00+01:00, or Z)")
+        started = reports_dispatch(at=moment)
+        self.stdout.write(f"{started} period(s) dispatched")
