@@ -2,7 +2,7 @@
 
 from accounts.erasure import ErasureArea, erasure_area_register
 from reports.models import Report, ReportSchedule
-from reports.services import report_file
+from reports.services import report_files_delete
 
 erasure_area_register(
     ErasureArea(
@@ -15,7 +15,7 @@ erasure_area_register(
 
 def _report_files_erase(report_ids: list) -> None:
     for report_id in report_ids:
-        report_file(report_id).unlink(missing_ok=True)
+        report_files_delete(report_id)
 
 
 # A report's rendering names it by `report_id`; its PDF is its file.

@@ -17,6 +17,8 @@ database's unique key, and only the insert that made the row enqueues its render
 """
 
 import logging
+import os
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -197,6 +199,14 @@ def report_file(report_id) -> Path:
     return Path(settings.MEDIA_ROOT) / "reports" / f"{report_id}.pdf"
 
 
+def report_files_delete(report_id) -> None:
+    """The report's PDF, and what a render cut short left of one (`<id>.*.partial`)."""
+    path = report_file(report_id)
+    path.unlink(missing_ok=True)
+    for partial in path.parent.glob(f"{report_id}.*.partial"):
+        partial.unlink(missing_ok=True)
+
+
 def report_render(*, report_id: str) -> bool:
     """Render the report to its PDF and send its email; True once it is ready. A report ready
     already, or gone (erased, pruned), is left as it is: a delivery run twice renders once and
@@ -209,7 +219,10 @@ def report_render(*, report_id: str) -> bool:
     )
     if report is None:
         return False
-    Report.objects.filter(pk=report.pk).update(status=Report.Status.RENDERING, progress=10)
+    if not Report.objects.filter(
+        pk=report.pk, status__in=[Report.Status.QUEUED, Report.Status.RENDERING]
+    ).update(status=Report.Status.RENDERING, progress=10):
+        return False  # finished by another delivery since it was read
     period = Period(
         frequency=report.frequency,
         timezone=report.timezone,
@@ -232,10 +245,14 @@ def report_render(*, report_id: str) -> bool:
     )
     path = report_file(report.pk)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written whole under another name, then renamed: a reader never sees half a PDF.
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(rendered.pdf)
-    partial.replace(path)
+    # Written whole under a name of this delivery's own, then renamed: a reader never sees half
+    # a PDF, and two deliveries at once never write into one file.
+    descriptor, partial = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{report.pk}.", suffix=".partial"
+    )
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(rendered.pdf)
+    os.replace(partial, path)
     with transaction.atomic():
         if not Report.objects.filter(pk=report.pk, status=Report.Status.RENDERING).update(
             status=Report.Status.READY,
@@ -243,6 +260,10 @@ def report_render(*, report_id: str) -> bool:
             pdf_bytes=len(rendered.pdf),
             ready_at=timezone.now(),
         ):
+            if not Report.objects.filter(pk=report.pk).exists():
+                # Erased (or pruned) while it rendered: its erasure looked for the file before
+                # it was written, so the file goes here, or nobody would ever remove it.
+                path.unlink(missing_ok=True)
             return False  # another delivery finished it first, or it was erased meanwhile
         attachment = _attachment_of(report, size=len(rendered.pdf))
         email_delivery_create(
@@ -278,5 +299,5 @@ def reports_prune(*, now: datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - timedelta(days=settings.REPORT_RETENTION_DAYS)
     old = list(Report.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:1000])
     for report_id in old:
-        report_file(report_id).unlink(missing_ok=True)
+        report_files_delete(report_id)
     return Report.objects.filter(pk__in=old).delete()[0]

@@ -162,3 +162,51 @@ def test_an_empty_period_gives_a_short_correct_report():
     pdf = services.report_file(report.pk).read_bytes()
     assert len(PdfReader(io.BytesIO(pdf)).pages) == 1
     assert "No uploads in this period." in pdf_text(pdf)
+
+
+@pytest.mark.django_db
+def test_a_report_erased_while_it_renders_leaves_no_pdf(monkeypatch):
+    # given a report whose row goes (its account is erased) while its PDF is being laid out
+    user = User.objects.create_user("erased-meanwhile@example.com", "x" * 12)
+    period = period_containing(timezone.now(), frequency="daily", timezone="UTC").before()
+    report = Report.objects.create(
+        user=user, frequency="daily", timezone="UTC", period_start=period.start,
+        period_end=period.end,
+    )  # fmt: skip
+    render = services.rendering.pdf_render
+
+    def render_while_erased(**kwargs):
+        Report.objects.filter(pk=report.pk).delete()
+        return render(**kwargs)
+
+    monkeypatch.setattr(services.rendering, "pdf_render", render_while_erased)
+    # when the render finishes, then it reports nothing made, and no file is left behind
+    assert not services.report_render(report_id=str(report.pk))
+    assert not any(services.report_file(report.pk).parent.glob(f"{report.pk}*"))
+    assert not EmailDelivery.objects.filter(kind=EmailDelivery.Kind.REPORT_READY).exists()
+
+
+@pytest.mark.django_db
+def test_a_delivery_that_finds_its_report_finished_meanwhile_changes_nothing(monkeypatch):
+    # given a report another delivery finishes while this one is about to start rendering
+    user = User.objects.create_user("twice@example.com", "x" * 12)
+    period = period_containing(timezone.now(), frequency="daily", timezone="UTC").before()
+    report = Report.objects.create(
+        user=user, frequency="daily", timezone="UTC", period_start=period.start,
+        period_end=period.end,
+    )  # fmt: skip
+    assert services.report_render(report_id=str(report.pk))
+    Report.objects.filter(pk=report.pk).update(status=Report.Status.QUEUED)
+    original_filter = Report.objects.filter
+
+    def finished_by_another_delivery_first(*args, **kwargs):
+        # The claim (the one filter on status__in): the other delivery commits "ready" just
+        # before it.
+        if "status__in" in kwargs:
+            original_filter(pk=report.pk).update(status=Report.Status.READY)
+        return original_filter(*args, **kwargs)
+
+    monkeypatch.setattr(Report.objects, "filter", finished_by_another_delivery_first)
+    assert not services.report_render(report_id=str(report.pk))
+    assert Report.objects.all().get(pk=report.pk).status == Report.Status.READY
+    assert EmailDelivery.objects.filter(kind=EmailDelivery.Kind.REPORT_READY).count() == 1
