@@ -95,8 +95,13 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
+# In the tz database's listing but no place's time: `localtime` is the host's own zone (what it
+# means differs from machine to machine), `Factory` a placeholder.
+NOT_A_PLACE = frozenset({"localtime", "Factory"})
+
+
 @functools.cache
 def timezone_names() -> list[str]:
     """The tz database's IANA names, sorted; read once, since it does not change under a
     running process."""
-    return sorted(available_timezones())
+    return sorted(available_timezones() - NOT_A_PLACE)

@@ -84,18 +84,26 @@ def reports_dispatch(*, at: datetime | None = None) -> int:
     )
     started = 0
     for frequency, timezone_name in groups:
-        # One period before the window too: if it has no run, beat missed it for longer than
-        # the catch-up allows, and that is said once, in the log and as a skipped run.
-        recent = periods_ended(
-            frequency=frequency, timezone=timezone_name, after=at - catch_up, until=at
-        )
-        _run_create(
-            period_containing(at - catch_up, frequency=frequency, timezone=timezone_name).before(),
-            skipped=True,
-        )
-        for period in recent:
-            started += _run_create(period, skipped=False)
+        try:
+            started += _group_dispatch(frequency, timezone_name, at=at, catch_up=catch_up)
+        except Exception:
+            # One group that cannot be dispatched (a timezone this host's tz database lacks)
+            # must not hold up the groups after it; it is logged, and tried again next run.
+            logger.exception("reports: %s reports in %s not dispatched", frequency, timezone_name)
     return started
+
+
+def _group_dispatch(frequency: str, timezone_name: str, *, at: datetime, catch_up) -> int:
+    # One period before the window too: if it has no run, beat missed it for longer than the
+    # catch-up allows, and that is said once, in the log and as a skipped run.
+    recent = periods_ended(
+        frequency=frequency, timezone=timezone_name, after=at - catch_up, until=at
+    )
+    _run_create(
+        period_containing(at - catch_up, frequency=frequency, timezone=timezone_name).before(),
+        skipped=True,
+    )
+    return sum(_run_create(period, skipped=False) for period in recent)
 
 
 def _run_create(period: Period, *, skipped: bool) -> bool:

@@ -16,7 +16,7 @@ from pypdf import PdfReader
 from accounts.services import api_token_create
 from media.models import Upload
 from reports import services
-from reports.models import Report, ReportRun
+from reports.models import Report, ReportRun, ReportSchedule
 from reports.periods import period_containing
 from tests.services import eventually
 
@@ -147,6 +147,20 @@ def test_the_command_runs_the_dispatch_for_a_given_moment_and_refuses_a_vague_on
     assert out.getvalue().strip() == "1 period(s) dispatched"
     (report,) = all_ready(1)
     assert report.period_start == datetime(2026, 1, 31, 18, 15, tzinfo=UTC)  # 1 Feb, Kathmandu
-    for vague in ("2026-03-01T00:20:00", "yesterday"):
+    for vague in ("2026-03-01T00:20:00", "yesterday", "2999-01-01T00:00:00Z"):
         with pytest.raises(CommandError):
             call_command("reports_dispatch", "--at", vague)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_that_cannot_be_dispatched_holds_up_no_other(celery_worker):
+    # given a subscriber whose timezone this host's tz database lacks (written before a tzdata
+    # change), sorted before a subscriber of a good one
+    broken, _ = person("broken@example.com")
+    fine, _ = person("fine@example.com")
+    services.report_schedule_set(user=fine, frequency="daily", timezone_name="UTC")
+    ReportSchedule.objects.create(user=broken, frequency="daily", timezone="Atlantis/Gone")
+    # when the dispatch runs, then the good group is dispatched, the broken one skipped
+    assert services.reports_dispatch(at=datetime(2026, 3, 2, 0, 5, tzinfo=UTC)) == 1
+    (report,) = all_ready(1)
+    assert report.user == fine

@@ -97,7 +97,16 @@ def test_a_period_and_the_ones_around_it_touch_without_gap_or_overlap():
 
 @pytest.mark.parametrize(
     "name",
-    ["Mars/Olympus_Mons", "../../../etc/passwd", "/etc/localtime", "", "UTC+3", "posixrules"],
+    [
+        "Mars/Olympus_Mons",
+        "../../../etc/passwd",
+        "/etc/localtime",
+        "",
+        "UTC+3",
+        "posixrules",
+        "localtime",
+        "Factory",
+    ],
 )
 def test_only_iana_timezone_names_are_accepted(name):
     with pytest.raises(UnknownTimezone):

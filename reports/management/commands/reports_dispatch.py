@@ -9,6 +9,7 @@ dispatched, are; running it again, or while beat runs it, dispatches nothing twi
 from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from reports.services import reports_dispatch
 
@@ -28,5 +29,9 @@ class Command(BaseCommand):
                 raise CommandError(f"--at: not an ISO 8601 moment: {at!r}") from error
             if moment.tzinfo is None:
                 raise CommandError("--at: give the UTC offset (2026-03-02T00:05:00+01:00, or Z)")
+            if moment > timezone.now():
+                # It would dispatch periods that have not ended, with part of their data, and
+                # the period's real end would then find it dispatched.
+                raise CommandError("--at: a moment in the future dispatches unfinished periods")
         started = reports_dispatch(at=moment)
         self.stdout.write(f"{started} period(s) dispatched")
