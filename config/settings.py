@@ -447,6 +447,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # Swagger UI would otherwise send the schema's URL to validator.swagger.io from the browser.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # Two sets of choices share the field name "frequency": a schedule's (with "off") and a
+    # report's; named here, or the schema names one of them by a hash.
+    "ENUM_NAME_OVERRIDES": {
+        "ScheduleFrequencyEnum": "reports.models.Frequency",
+        "ReportFrequencyEnum": "reports.models.REPORT_FREQUENCIES",
+    },
 }
 
 # --- Security -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from config.files import private_file_response
 from reports import selectors, services
-from reports.models import Frequency, Report
+from reports.models import REPORT_FREQUENCIES, Frequency, Report
 from reports.periods import timezone_names
 
 
@@ -54,7 +54,7 @@ class ReportSerializer(serializers.ModelSerializer):
 
 class ReportRequestSerializer(serializers.Serializer):
     frequency = serializers.ChoiceField(
-        choices=[value for value in Frequency.values if value != Frequency.OFF],
+        choices=REPORT_FREQUENCIES,
         default=Frequency.MONTHLY,
         help_text="The report covers the last such period that ended, in your timezone.",
     )

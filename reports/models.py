@@ -14,6 +14,10 @@ class Frequency(models.TextChoices):
     MONTHLY = MONTHLY, "monthly"
 
 
+# A report's length: a schedule's frequencies, without "off".
+REPORT_FREQUENCIES = [choice for choice in Frequency.choices if choice[0] != Frequency.OFF]
+
+
 class ReportSchedule(models.Model):
     """How often a person wants a report of their activity, and in which timezone their days
     begin. No row is the same as "off"."""
@@ -52,9 +56,7 @@ class Report(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
     )
-    frequency = models.CharField(
-        max_length=10, choices=[c for c in Frequency.choices if c[0] != Frequency.OFF]
-    )
+    frequency = models.CharField(max_length=10, choices=REPORT_FREQUENCIES)
     timezone = models.CharField(max_length=64)
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
