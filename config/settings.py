@@ -365,6 +365,18 @@ REPORT_RETENTION_DAYS = env.int("REPORT_RETENTION_DAYS", default=90)
 # A larger PDF goes as a link, not attached: many mail servers refuse messages over 10 MB, and
 # base64 makes an attachment a third larger.
 REPORT_ATTACH_MAX_BYTES = env.int("REPORT_ATTACH_MAX_BYTES", default=5 * 1024 * 1024)
+# A report neither ready nor failed this long after it was queued, or after its render started,
+# has lost its message, and the sweep queues it again. An hour: the reports of a dispatch to
+# many subscribers wait their turn in the reports queue, and a report queued again while its
+# first message still waits costs one query when that message comes.
+REPORT_PROGRESS_DEADLINE_SECONDS = env.int("REPORT_PROGRESS_DEADLINE_SECONDS", default=3600)
+# Times the sweep queues a report again; the next time it finds it stalled, it fails it (the
+# person can ask again). Three lost messages in a row mean a cause no retry fixes.
+REPORT_MAX_RESUMES = env.int("REPORT_MAX_RESUMES", default=3)
+# Reports a person may ask for on demand (new ones; asking again for the same period is free)
+# in 24 hours: each costs a render, and a loop of requests for past periods would otherwise keep
+# the reports queue busy for everyone.
+REPORT_REQUESTS_PER_DAY = env.int("REPORT_REQUESTS_PER_DAY", default=20)
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web
 # refuses to start with DEBUG off until it is set ("none": clients connect directly), because

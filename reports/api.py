@@ -56,7 +56,12 @@ class ReportRequestSerializer(serializers.Serializer):
     frequency = serializers.ChoiceField(
         choices=REPORT_FREQUENCIES,
         default=Frequency.MONTHLY,
-        help_text="The report covers the last such period that ended, in your timezone.",
+        help_text="The length of the period the report covers.",
+    )
+    period = serializers.DateField(
+        required=False,
+        help_text="A day in the period, in your schedule's timezone; by default the last such "
+        "period that ended. It must have ended, and not before you signed up.",
     )
 
 
@@ -88,9 +93,16 @@ class ReportListCreateView(ListAPIView):
     def post(self, request: Request) -> Response:
         given = ReportRequestSerializer(data=request.data)
         given.is_valid(raise_exception=True)
-        report, _ = services.report_request(
-            user=request.user, frequency=given.validated_data["frequency"]
-        )
+        try:
+            report, _ = services.report_request(
+                user=request.user,
+                frequency=given.validated_data["frequency"],
+                day=given.validated_data.get("period"),
+            )
+        except services.TooManyReportRequests as refusal:
+            raise exceptions.Throttled(wait=refusal.wait_seconds, detail=str(refusal)) from None
+        except services.ReportRefused as refusal:
+            raise exceptions.ValidationError({"period": [str(refusal)]}) from None
         body = ReportSerializer(report, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
 

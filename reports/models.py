@@ -1,10 +1,11 @@
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
 from django.utils.timezone import now
 
-from reports.periods import DAILY, MONTHLY, WEEKLY
+from reports.periods import DAILY, MONTHLY, WEEKLY, Period
 
 
 class Frequency(models.TextChoices):
@@ -39,7 +40,34 @@ class ReportSchedule(models.Model):
         return f"{self.frequency} in {self.timezone}"
 
 
-class Report(models.Model):
+def report_deadline() -> datetime:
+    """When a report neither ready nor failed by then counts as stalled: the periodic sweep
+    (reports.services.reports_stalled_sweep) queues its rendering again, or fails it."""
+    return now() + timedelta(seconds=settings.REPORT_PROGRESS_DEADLINE_SECONDS)
+
+
+class OfOnePeriod(models.Model):
+    """A row about one period of one length in one timezone."""
+
+    frequency = models.CharField(max_length=10, choices=REPORT_FREQUENCIES)
+    timezone = models.CharField(max_length=64)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+    @property
+    def period(self) -> Period:
+        return Period(
+            frequency=self.frequency,
+            timezone=self.timezone,
+            start=self.period_start,
+            end=self.period_end,
+        )
+
+
+class Report(OfOnePeriod):
     """One report of one person's activity over one period: exactly one per person, length and
     period (a unique constraint, not a check), however often or concurrently it is asked for.
 
@@ -56,10 +84,6 @@ class Report(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
     )
-    frequency = models.CharField(max_length=10, choices=REPORT_FREQUENCIES)
-    timezone = models.CharField(max_length=64)
-    period_start = models.DateTimeField()
-    period_end = models.DateTimeField()
     # Asked for by the person (POST /api/v1/reports), rather than sent by their schedule.
     on_demand = models.BooleanField(default=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
@@ -69,6 +93,12 @@ class Report(models.Model):
     created_at = models.DateTimeField(default=now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # Moved forward when it is queued and when a render starts; past it, a report still queued
+    # or rendering has lost its message (a broker that lost it, a worker killed before Redis
+    # recorded it as unacknowledged).
+    deadline = models.DateTimeField(default=report_deadline)
+    # Times the sweep queued its rendering again; past REPORT_MAX_RESUMES it fails it.
+    resumes = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-period_start", "-created_at"]
@@ -79,22 +109,24 @@ class Report(models.Model):
         ]
         indexes = [
             models.Index(fields=["user", "-period_start"], name="reports_user_recent"),
+            # The sweep's question: which unfinished reports are past their deadline?
+            models.Index(
+                fields=["deadline"],
+                condition=models.Q(status__in=["queued", "rendering"]),
+                name="reports_unfinished_due",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.frequency} report {self.pk} ({self.status})"
 
 
-class ReportRun(models.Model):
+class ReportRun(OfOnePeriod):
     """One dispatch of one period to one group of subscribers (a frequency and a timezone): the
     unique key that makes a period's dispatch happen once, however many dispatchers run, and
     the record that a period was skipped (it ended longer than REPORT_CATCH_UP_HOURS before any
     dispatch saw it)."""
 
-    frequency = models.CharField(max_length=10)
-    timezone = models.CharField(max_length=64)
-    period_start = models.DateTimeField()
-    period_end = models.DateTimeField()
     skipped = models.BooleanField(default=False)
     batch = models.ForeignKey("jobs.Batch", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=now)

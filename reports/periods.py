@@ -32,7 +32,10 @@ class Period:
 
     @property
     def last_day(self) -> date:
-        return (self.end.astimezone(ZoneInfo(self.timezone)) - timedelta(microseconds=1)).date()
+        # The instant before the end, then its local date: a microsecond taken off the local
+        # wall clock instead would land in the hour a forward change skips at midnight
+        # (America/Santiago), still on the next day.
+        return (self.end - timedelta(microseconds=1)).astimezone(ZoneInfo(self.timezone)).date()
 
     def after(self) -> "Period":
         return period_containing(self.end, frequency=self.frequency, timezone=self.timezone)

@@ -8,9 +8,12 @@
   transaction. Two dispatchers at once, a dispatcher run again, or one that died half-way make
   no second run: the run row's unique key decides. A period that ended longer ago than that
   without a run (beat was down for longer) is skipped and logged, once.
-- `report_request`: a report on demand, of the person's last ended period; asking again for the
-  same period returns the same report.
+- `report_request`: a report on demand, of the person's last ended period or of the one holding
+  a given day; asking again for the same period returns the same report (and queues a failed
+  one again).
 - `report_render`: one report to PDF, stored under MEDIA_ROOT/reports/, then its email.
+- `reports_stalled_sweep`: queues again the reports whose message was lost; `reports_prune`
+  deletes the old ones.
 
 Exactly one report per (person, frequency, period): the batch's handler inserts with the
 database's unique key, and only the insert that made the row enqueues its rendering.
@@ -19,8 +22,9 @@ database's unique key, and only the insert that made the row enqueues its render
 import logging
 import os
 import tempfile
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -31,7 +35,7 @@ from accounts.models import EmailDelivery, User
 from jobs.batches import batch_start
 from jobs.outbox import enqueue
 from reports import rendering
-from reports.models import Frequency, Report, ReportRun, ReportSchedule
+from reports.models import Frequency, Report, ReportRun, ReportSchedule, report_deadline
 from reports.periods import Period, period_containing, periods_ended, timezone_checked
 from reports.selectors import activity_in
 
@@ -41,10 +45,27 @@ DISPATCH_BATCH_KIND = "reports.dispatch"
 # Subscribers per chunk of a dispatch: each is one insert and, for a new report, one outbox row;
 # a chunk of 500 runs in well under a second.
 DISPATCH_CHUNK = 500
+# Reports the sweep and the pruning handle per query.
+SWEEP_BATCH = 500
+PRUNE_BATCH = 1000
+# Batches of pruning per run: up to 50,000 reports an hour, more than a day's dispatches make
+# for a service of that size, so a backlog (after a retention cut) shrinks run by run.
+PRUNE_BATCHES_PER_RUN = 50
 
 
 class ReportRefused(Exception):
     """A schedule or request that cannot be carried out; the message says why."""
+
+
+class TooManyReportRequests(ReportRefused):
+    """The person asked for REPORT_REQUESTS_PER_DAY new reports in the last 24 hours."""
+
+    def __init__(self, wait_seconds: int) -> None:
+        super().__init__(
+            f"You asked for {settings.REPORT_REQUESTS_PER_DAY} reports in the last 24 hours; "
+            "ask again later."
+        )
+        self.wait_seconds = wait_seconds
 
 
 # --- the schedule ---------------------------------------------------------------------------
@@ -71,9 +92,12 @@ def report_schedule_set(*, user: User, frequency: str, timezone_name: str) -> Re
 # --- dispatch -------------------------------------------------------------------------------
 
 
-def reports_dispatch(*, at: datetime | None = None) -> int:
+def reports_dispatch(*, at: datetime | None = None, back_fill: bool = False) -> int:
     """Dispatch every subscriber group's periods that ended within REPORT_CATCH_UP_HOURS before
-    `at` (now by default) and have no run yet; returns how many runs it started."""
+    `at` (now by default) and have no run yet; returns how many runs it started.
+
+    `back_fill` (an operator's `reports_dispatch --at`) also dispatches the periods in that
+    window that an earlier dispatch skipped, for having seen them too late."""
     at = at or timezone.now()
     catch_up = timedelta(hours=settings.REPORT_CATCH_UP_HOURS)
     groups = (
@@ -85,7 +109,9 @@ def reports_dispatch(*, at: datetime | None = None) -> int:
     started = 0
     for frequency, timezone_name in groups:
         try:
-            started += _group_dispatch(frequency, timezone_name, at=at, catch_up=catch_up)
+            started += _group_dispatch(
+                frequency, timezone_name, at=at, catch_up=catch_up, back_fill=back_fill
+            )
         except Exception:
             # One group that cannot be dispatched (a timezone this host's tz database lacks)
             # must not hold up the groups after it; it is logged, and tried again next run.
@@ -93,7 +119,9 @@ def reports_dispatch(*, at: datetime | None = None) -> int:
     return started
 
 
-def _group_dispatch(frequency: str, timezone_name: str, *, at: datetime, catch_up) -> int:
+def _group_dispatch(
+    frequency: str, timezone_name: str, *, at: datetime, catch_up: timedelta, back_fill: bool
+) -> int:
     # One period before the window too: if it has no run, beat missed it for longer than the
     # catch-up allows, and that is said once, in the log and as a skipped run.
     recent = periods_ended(
@@ -103,14 +131,15 @@ def _group_dispatch(frequency: str, timezone_name: str, *, at: datetime, catch_u
         period_containing(at - catch_up, frequency=frequency, timezone=timezone_name).before(),
         skipped=True,
     )
-    return sum(_run_create(period, skipped=False) for period in recent)
+    return sum(
+        _run_create(period, skipped=False) or (back_fill and _skipped_run_dispatch(period))
+        for period in recent
+    )
 
 
 def _run_create(period: Period, *, skipped: bool) -> bool:
     """Create the group's run for the period, and start its batch unless skipped; False if the
     run exists already (another dispatcher, an earlier run of this one)."""
-    from reports import tasks  # noqa: F401 (declares the batch's handler; it imports this module)
-
     try:
         with transaction.atomic():
             run = ReportRun.objects.create(
@@ -131,33 +160,63 @@ def _run_create(period: Period, *, skipped: bool) -> bool:
                     settings.REPORT_CATCH_UP_HOURS,
                 )
                 return False
-            subscribers = (
-                ReportSchedule.objects.filter(frequency=period.frequency, timezone=period.timezone)
-                .order_by("user_id")
-                .values_list("user_id", flat=True)
-                .iterator(chunk_size=DISPATCH_CHUNK)
-            )
-            run.batch = batch_start(
-                kind=DISPATCH_BATCH_KIND,
-                items=({"run_id": run.pk, "user_id": user_id} for user_id in subscribers),
-                chunk_size=DISPATCH_CHUNK,
-            )
-            ReportRun.objects.filter(pk=run.pk).update(batch=run.batch)
+            _run_batch_start(run)
     except IntegrityError:
         return False
     return True
+
+
+def _skipped_run_dispatch(period: Period) -> bool:
+    """Dispatch the period whose run was skipped; False if it was not (or is dispatched by
+    another back-fill already): the update that clears `skipped` is the claim."""
+    with transaction.atomic():
+        run = (
+            ReportRun.objects.select_for_update()
+            .filter(
+                frequency=period.frequency,
+                timezone=period.timezone,
+                period_start=period.start,
+                skipped=True,
+            )
+            .first()
+        )
+        if run is None:
+            return False
+        ReportRun.objects.filter(pk=run.pk).update(skipped=False)
+        logger.info(
+            "reports: %s period %s to %s in %s back-filled",
+            period.frequency,
+            period.start.isoformat(),
+            period.end.isoformat(),
+            period.timezone,
+        )
+        _run_batch_start(run)
+    return True
+
+
+def _run_batch_start(run: ReportRun) -> None:
+    """Start the batch over the run's group of subscribers, in the caller's transaction."""
+    from reports import tasks  # noqa: F401 (declares the batch's handler; it imports this module)
+
+    subscribers = (
+        ReportSchedule.objects.filter(frequency=run.frequency, timezone=run.timezone)
+        .order_by("user_id")
+        .values_list("user_id", flat=True)
+        .iterator(chunk_size=DISPATCH_CHUNK)
+    )
+    batch = batch_start(
+        kind=DISPATCH_BATCH_KIND,
+        items=({"run_id": run.pk, "user_id": user_id} for user_id in subscribers),
+        chunk_size=DISPATCH_CHUNK,
+    )
+    ReportRun.objects.filter(pk=run.pk).update(batch=batch)
 
 
 def reports_of_run_create(*, run_id: int, user_ids: list[int]) -> int:
     """A dispatch chunk: the run's period's report for each of these subscribers that has none,
     each rendering enqueued with the insert that made its row. Returns how many it made."""
     run = ReportRun.objects.get(pk=run_id)
-    period = Period(
-        frequency=run.frequency,
-        timezone=run.timezone,
-        start=run.period_start,
-        end=run.period_end,
-    )
+    period = run.period
     made = 0
     for user_id in user_ids:
         made += _report_create(user_id=user_id, period=period, on_demand=False) is not None
@@ -184,20 +243,81 @@ def _report_create(*, user_id: int, period: Period, on_demand: bool) -> Report |
     return report
 
 
-def report_request(*, user: User, frequency: str) -> tuple[Report, bool]:
-    """A report of the person's last ended period of this frequency, in their schedule's
-    timezone (UTC without one). Returns it and whether it was made now: asking again for the
-    same period returns the one there is."""
+def report_request(*, user: User, frequency: str, day: date | None = None) -> tuple[Report, bool]:
+    """A report of the period of this frequency holding `day` (by default the last one that
+    ended), in the person's schedule's timezone (UTC without one). Returns it and whether it was
+    made now: asking again for the same period returns the one there is, and queues it again if
+    it failed."""
     if frequency not in Frequency.values or frequency == Frequency.OFF:
         raise ReportRefused("frequency must be daily, weekly or monthly.")
-    schedule = report_schedule_of(user=user)
-    period = period_containing(
-        timezone.now(), frequency=frequency, timezone=schedule.timezone
-    ).before()
+    zone = report_schedule_of(user=user).timezone
+    now = timezone.now()
+    if day is None:
+        period = period_containing(now, frequency=frequency, timezone=zone).before()
+    else:
+        period = _period_asked(user, day, frequency=frequency, timezone_name=zone, now=now)
+    existing = Report.objects.filter(
+        user=user, frequency=frequency, period_start=period.start
+    ).first()
+    if existing is not None:
+        if existing.status == Report.Status.FAILED:
+            _report_queue_again(existing.pk, resumes_now=0, status=Report.Status.FAILED)
+            existing.refresh_from_db()
+        return existing, False
+    _request_allowance_check(user, now=now)
     made = _report_create(user_id=user.pk, period=period, on_demand=True)
     if made is not None:
         return made, True
+    # Made by a request at the same moment.
     return Report.objects.get(user=user, frequency=frequency, period_start=period.start), False
+
+
+def _period_asked(
+    user: User, day: date, *, frequency: str, timezone_name: str, now: datetime
+) -> Period:
+    zone = ZoneInfo(timezone_name)
+    if day > now.astimezone(zone).date() or day < user.date_joined.astimezone(zone).date():
+        # Before the account there is nothing to report (and far-off years would overflow).
+        raise ReportRefused("Give a day between the day you signed up and today.")
+    period = period_containing(
+        datetime.combine(day, time(12), tzinfo=zone), frequency=frequency, timezone=timezone_name
+    )
+    if period.end > now:
+        raise ReportRefused(
+            f"That {frequency} period has not ended yet; it ends on {period.last_day}."
+        )
+    return period
+
+
+def _request_allowance_check(user: User, *, now: datetime) -> None:
+    window = timedelta(days=1)
+    recent = list(
+        Report.objects.filter(user=user, on_demand=True, created_at__gt=now - window)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[: settings.REPORT_REQUESTS_PER_DAY]
+    )
+    if len(recent) >= settings.REPORT_REQUESTS_PER_DAY:
+        # Free again when the oldest of those leaves the window.
+        free_at = recent[-1] + window
+        raise TooManyReportRequests(wait_seconds=int((free_at - now).total_seconds()) + 1)
+
+
+def _report_queue_again(report_id, *, resumes_now: int, **still) -> bool:
+    """Queue the report's rendering again if it still matches `still` (its status, say);
+    False if it moved on meanwhile."""
+    from reports import tasks  # the task module imports this one
+
+    with transaction.atomic():
+        if not Report.objects.filter(pk=report_id, **still).update(
+            status=Report.Status.QUEUED,
+            progress=0,
+            error="",
+            resumes=resumes_now,
+            deadline=report_deadline(),
+        ):
+            return False
+        enqueue(tasks.render_report, report_id=str(report_id))
+    return True
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -215,28 +335,26 @@ def report_files_delete(report_id) -> None:
         partial.unlink(missing_ok=True)
 
 
+# What a render may start from: queued; rendering (a delivery of it died mid-way, and this is
+# its message again, redelivered, or queued again by the sweep); failed (a person re-drove its
+# dead letter). Two deliveries at once both render; only one makes it ready and emails.
+RENDERABLE = [Report.Status.QUEUED, Report.Status.RENDERING, Report.Status.FAILED]
+
+
 def report_render(*, report_id: str) -> bool:
     """Render the report to its PDF and send its email; True once it is ready. A report ready
     already, or gone (erased, pruned), is left as it is: a delivery run twice renders once and
     emails once."""
     report = (
-        Report.objects.filter(pk=report_id)
-        .exclude(status__in=[Report.Status.READY, Report.Status.FAILED])
-        .select_related("user")
-        .first()
+        Report.objects.filter(pk=report_id, status__in=RENDERABLE).select_related("user").first()
     )
     if report is None:
         return False
-    if not Report.objects.filter(
-        pk=report.pk, status__in=[Report.Status.QUEUED, Report.Status.RENDERING]
-    ).update(status=Report.Status.RENDERING, progress=10):
+    if not Report.objects.filter(pk=report.pk, status__in=RENDERABLE).update(
+        status=Report.Status.RENDERING, progress=10, error="", deadline=report_deadline()
+    ):
         return False  # finished by another delivery since it was read
-    period = Period(
-        frequency=report.frequency,
-        timezone=report.timezone,
-        start=report.period_start,
-        end=report.period_end,
-    )
+    period = report.period
     activity = activity_in(user_id=report.user_id, period=period)
     Report.objects.filter(pk=report.pk).update(progress=40)
     rendered = rendering.pdf_render(
@@ -302,10 +420,47 @@ def report_fail(*, report_id: str, reason: str) -> None:
     )
 
 
+def reports_stalled_sweep(*, now: datetime | None = None) -> int:
+    """Queue again the reports still queued or rendering past their deadline, oldest first (the
+    periodic `reports.sweep`), or fail those queued again REPORT_MAX_RESUMES times already.
+    Returns how many it queued again or failed."""
+    now = now or timezone.now()
+    unfinished = [Report.Status.QUEUED, Report.Status.RENDERING]
+    stalled = (
+        Report.objects.filter(status__in=unfinished, deadline__lt=now)
+        .order_by("deadline")
+        .values_list("pk", "status", "resumes")[:SWEEP_BATCH]
+    )
+    acted = 0
+    for report_id, status, resumes in list(stalled):
+        # Acted on only as it was read: a render that started since has moved its deadline on.
+        still = {"status": status, "resumes": resumes, "deadline__lt": now}
+        if resumes < settings.REPORT_MAX_RESUMES:
+            if _report_queue_again(report_id, resumes_now=resumes + 1, **still):
+                logger.warning("report %s stalled, queued again (%d)", report_id, resumes + 1)
+                acted += 1
+        elif Report.objects.filter(pk=report_id, **still).update(
+            status=Report.Status.FAILED,
+            error="It could not be made; ask for it again, and if it fails again, contact support.",
+        ):
+            logger.warning("report %s stalled after %d resumes, failed", report_id, resumes)
+            acted += 1
+    return acted
+
+
 def reports_prune(*, now: datetime | None = None) -> int:
-    """Delete reports older than REPORT_RETENTION_DAYS, their files first."""
+    """Delete reports made more than REPORT_RETENTION_DAYS ago, their files first, and the
+    dispatch records as old; returns how many reports it deleted."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.REPORT_RETENTION_DAYS)
-    old = list(Report.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:1000])
-    for report_id in old:
-        report_files_delete(report_id)
-    return Report.objects.filter(pk__in=old).delete()[0]
+    deleted = 0
+    for _ in range(PRUNE_BATCHES_PER_RUN):
+        old = list(
+            Report.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:PRUNE_BATCH]
+        )
+        if not old:
+            break
+        for report_id in old:
+            report_files_delete(report_id)
+        deleted += Report.objects.filter(pk__in=old).delete()[0]
+    ReportRun.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

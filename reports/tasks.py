@@ -48,6 +48,11 @@ def maintenance_dispatch() -> int:
     return services.reports_dispatch()
 
 
+@shared_task(name="reports.maintenance_sweep", idempotent=True)
+def maintenance_sweep() -> int:
+    return services.reports_stalled_sweep()
+
+
 @shared_task(name="reports.maintenance_prune", idempotent=True)
 def maintenance_prune() -> int:
     return services.reports_prune()
@@ -63,6 +68,16 @@ periodic_job_register(
         schedule=crontab(minute="*/15"),
         # A run still queued when the next is due would only repeat it.
         expires_seconds=14 * 60,
+    )
+)
+periodic_job_register(
+    PeriodicJob(
+        name="reports.sweep",
+        task=maintenance_sweep.name,
+        # Every five minutes: a deadline is an hour away, and a run with nothing stalled is one
+        # query on a partial index of the unfinished reports.
+        schedule=timedelta(minutes=5),
+        expires_seconds=4 * 60,
     )
 )
 periodic_job_register(

@@ -1,5 +1,7 @@
 """The reports page: the schedule, a report on demand, and the reports with live progress."""
 
+from datetime import date
+
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -24,7 +26,9 @@ def reports_page(request: HttpRequest) -> HttpResponse:
         try:
             if request.POST.get("action") == "request":
                 services.report_request(
-                    user=request.user, frequency=request.POST.get("frequency", "")
+                    user=request.user,
+                    frequency=request.POST.get("frequency", ""),
+                    day=_day_given(request.POST.get("period", "")),
                 )
             else:
                 services.report_schedule_set(
@@ -32,10 +36,22 @@ def reports_page(request: HttpRequest) -> HttpResponse:
                     frequency=request.POST.get("frequency", ""),
                     timezone_name=request.POST.get("timezone", ""),
                 )
+        except services.TooManyReportRequests as refusal:
+            return _page(request, problem=str(refusal), status=429)
         except services.ReportRefused as refusal:
             return _page(request, problem=str(refusal), status=400)
         return redirect("reports:page")
     return _page(request)
+
+
+def _day_given(value: str) -> date | None:
+    """The form's optional day (a date input sends YYYY-MM-DD, or nothing)."""
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise services.ReportRefused("Give the day as YYYY-MM-DD.") from None
 
 
 def _page(request: HttpRequest, *, problem: str = "", status: int = 200) -> HttpResponse:

@@ -7,42 +7,14 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from django.test import Client
 from django.utils import timezone
-from pypdf import PdfReader
 
-from accounts.services import api_token_create
 from media.models import Upload
 from reports import services
 from reports.models import Report, ReportRun, ReportSchedule
 from reports.periods import period_containing
-from tests.services import eventually
-
-User = get_user_model()
-
-
-def person(email: str) -> tuple:
-    user = User.objects.create_user(email, "x" * 12, email_verified_at=timezone.now())
-    app = Client(headers={"Authorization": f"Bearer {api_token_create(user=user)}"})
-    return user, app
-
-
-def all_ready(expected: int, timeout: float = 60) -> list[Report]:
-    return eventually(
-        lambda: (
-            reports
-            if len(reports := list(Report.objects.filter(status=Report.Status.READY))) == expected
-            else None
-        ),
-        timeout=timeout,
-        interval=0.2,
-    )
-
-
-def pdf_text(pdf: bytes) -> str:
-    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+from tests.reports.support import all_ready, pdf_text, person
 
 
 def test_a_schedule_brings_the_report_of_the_day_that_ended_by_email(celery_worker, smtp):
@@ -164,3 +136,64 @@ def test_a_group_that_cannot_be_dispatched_holds_up_no_other(celery_worker):
     assert services.reports_dispatch(at=datetime(2026, 3, 2, 0, 5, tzinfo=UTC)) == 1
     (report,) = all_ready(1)
     assert report.user == fine
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_skipped_period_is_back_filled_by_the_command_once(celery_worker, settings):
+    # given a daily subscriber whose 2 March beat saw too late, and skipped
+    settings.REPORT_CATCH_UP_HOURS = 24
+    user, _ = person("backfill@example.com")
+    services.report_schedule_set(user=user, frequency="daily", timezone_name="UTC")
+    services.reports_dispatch(at=datetime(2026, 3, 4, 20, tzinfo=UTC))
+    assert ReportRun.objects.filter(skipped=True, period_start__date=date(2026, 3, 2)).exists()
+    all_ready(1)  # 3 March, caught up
+    # when an operator back-fills it, twice
+    for _ in range(2):
+        call_command("reports_dispatch", "--at", "2026-03-03T00:05:00Z", stdout=io.StringIO())
+    # then 2 March is reported, once; beat's own dispatches still skip what they see too late
+    reports = all_ready(2)
+    assert sorted(report.period_start.date() for report in reports) == [
+        date(2026, 3, 2),
+        date(2026, 3, 3),
+    ]
+    assert not ReportRun.objects.filter(period_start__date=date(2026, 3, 2), skipped=True).exists()
+    assert services.reports_dispatch(at=datetime(2026, 3, 4, 20, 15, tzinfo=UTC)) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("day", "hours", "inside", "outside"),
+    [
+        # Paris moves its clocks forward at 02:00 on 29 March 2026: the day is 23 hours long,
+        # from 23:00 UTC on the 28th to 22:00 UTC on the 29th
+        (date(2026, 3, 29), 23, ["2026-03-28T23:30Z", "2026-03-29T21:30Z"],
+         ["2026-03-28T22:30Z", "2026-03-29T22:30Z"]),
+        # and back at 03:00 on 25 October: 25 hours, from 22:00 UTC on the 24th to 23:00 on the 25th
+        (date(2026, 10, 25), 25, ["2026-10-24T22:30Z", "2026-10-25T22:30Z"],
+         ["2026-10-24T21:30Z", "2026-10-25T23:30Z"]),
+    ],
+)  # fmt: skip
+def test_a_daylight_saving_day_is_reported_with_its_own_hours(
+    celery_worker, day, hours, inside, outside
+):
+    # given a daily subscriber in Paris with uploads around the edges of that day
+    user, _ = person("paris@example.com")
+    services.report_schedule_set(user=user, frequency="daily", timezone_name="Europe/Paris")
+    for moment in inside + outside:
+        upload = Upload.objects.create(
+            owner=user, original_name=f"at-{moment[11:16]}-{moment[8:10]}.jpg",
+            source_format="JPEG", source_bytes=1,
+        )  # fmt: skip
+        Upload.objects.filter(pk=upload.pk).update(created_at=datetime.fromisoformat(moment))
+    # when beat dispatches just after that local midnight
+    next_midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    services.reports_dispatch(at=next_midnight + timedelta(hours=1))
+    # then the report covers the day's own hours, and the uploads made in them
+    (report,) = all_ready(1)
+    assert report.period_end - report.period_start == timedelta(hours=hours)
+    text = pdf_text(services.report_file(report.pk).read_bytes())
+    assert "2uploads" in text, text
+    for moment in inside:
+        assert f"at-{moment[11:16]}-{moment[8:10]}.jpg" in text
+    for moment in outside:
+        assert f"at-{moment[11:16]}-{moment[8:10]}.jpg" not in text

@@ -115,3 +115,25 @@ def test_only_iana_timezone_names_are_accepted(name):
 
 def test_iana_names_are_accepted():
     assert timezone_checked("Asia/Kathmandu") == "Asia/Kathmandu"
+
+
+@pytest.mark.parametrize(
+    ("timezone", "day"),
+    [
+        ("America/Santiago", date(2024, 9, 7)),  # the next midnight does not happen: 00:00 -> 01:00
+        ("America/Havana", date(2024, 3, 9)),
+        ("Asia/Beirut", date(2024, 3, 30)),
+        ("Atlantic/Azores", date(2024, 3, 30)),
+        ("America/Santiago", date(2024, 9, 8)),  # the day that starts at 01:00
+        ("Atlantic/Azores", date(2024, 10, 27)),  # midnight happens twice
+    ],
+)
+def test_a_day_whose_next_midnight_is_skipped_or_doubled_ends_on_itself(timezone, day):
+    # given noon of a day next to a daylight-saving change made at midnight
+    noon = datetime.combine(day, datetime.min.time().replace(hour=12), tzinfo=ZoneInfo(timezone))
+    # when its daily period is asked for
+    period = period_containing(noon, frequency="daily", timezone=timezone)
+    # then it is that day alone, first to last, and the next one starts where it ends
+    assert period.first_day == period.last_day == day
+    assert period.after().first_day == day + timedelta(days=1)
+    assert period.after().start == period.end

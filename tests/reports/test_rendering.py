@@ -17,6 +17,7 @@ from reports import services
 from reports.models import Report
 from reports.periods import period_containing
 from reports.rendering import ASSETS, pdf_from_html
+from tests.reports.support import pdf_text
 
 User = get_user_model()
 
@@ -48,10 +49,6 @@ def listener():
     opened = Listener()
     yield opened
     opened.close()
-
-
-def pdf_text(pdf: bytes) -> str:
-    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
 
 
 def embedded_files(pdf: bytes) -> dict:

@@ -3,7 +3,8 @@
     python manage.py reports_dispatch [--at 2026-03-02T00:05:00+01:00]
 
 Periods that ended within REPORT_CATCH_UP_HOURS before that moment, and have not been
-dispatched, are; running it again, or while beat runs it, dispatches nothing twice.
+dispatched, are; so are those of them that beat's dispatch skipped for having seen them too
+late. Running it again, or while beat runs it, dispatches nothing twice.
 """
 
 from datetime import datetime
@@ -33,5 +34,5 @@ class Command(BaseCommand):
                 # It would dispatch periods that have not ended, with part of their data, and
                 # the period's real end would then find it dispatched.
                 raise CommandError("--at: a moment in the future dispatches unfinished periods")
-        started = reports_dispatch(at=moment)
+        started = reports_dispatch(at=moment, back_fill=moment is not None)
         self.stdout.write(f"{started} period(s) dispatched")
