@@ -258,6 +258,7 @@ def account_erasure_start(*, erasure_id: int) -> ErasureStart:
     Locks the account row, then the receipt, in that order, as a cancel does: the two never
     wait for each other crosswise."""
     from media.services import upload_in_flight_wait, uploads_of_account_cancel
+    from reports.services import reports_of_account_cancel
 
     user_id = (
         AccountErasure.objects.filter(pk=erasure_id, status=AccountErasure.Status.QUEUED)
@@ -289,6 +290,7 @@ def account_erasure_start(*, erasure_id: int) -> ErasureStart:
             return ErasureStart(started=False, wait=wait)
         started_at = timezone.now()
         uploads_of_account_cancel(owner_id=user.pk)
+        reports_of_account_cancel(user_id=user.pk)
         User.objects.filter(pk=user.pk).update(is_active=False)
         account_access_end(user=user)
         _job_references_erase(user=user)

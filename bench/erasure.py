@@ -211,12 +211,9 @@ def _measure_raw_delete(user) -> float:
 def _pool_peak_megabytes(worker: support.Worker) -> float:
     """The largest peak resident set (VmHWM) among the worker's pool processes."""
     peaks = []
-    for child in Path(f"/proc/{worker.process.pid}/task").glob("*/children"):
-        for pid in child.read_text().split():
-            status = Path(f"/proc/{pid}/status").read_text()
-            peaks += [
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
-            ]
+    for pid in support.pool_processes(worker):
+        status = Path(f"/proc/{pid}/status").read_text()
+        peaks += [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")]
     return max(peaks, default=0) / 1024
 
 

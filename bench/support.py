@@ -181,6 +181,15 @@ class Worker(Server):
             raise RuntimeError(f"the worker did not answer {command}:\n{self.log_tail()}")
 
 
+def pool_processes(worker: Worker) -> list[int]:
+    """The pids of the worker's pool processes (its main process's children) as they are now."""
+    return [
+        int(pid)
+        for children in Path(f"/proc/{worker.process.pid}/task").glob("*/children")
+        for pid in children.read_text().split()
+    ]
+
+
 class WebServer(Server):
     """gunicorn serving `application` on a free port of 127.0.0.1 with sync workers and the
     Procfile's timeouts. Started after `django_setup`; ready once /healthz answers."""

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from django.conf import settings
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 
 
 def private_file_response(path: Path, *, content_type: str, filename: str = "") -> HttpResponse:
@@ -20,10 +20,13 @@ def private_file_response(path: Path, *, content_type: str, filename: str = "") 
         if filename:
             response["Content-Disposition"] = f'attachment; filename="{filename}"'
     else:
+        try:
+            opened = path.open("rb")
+        except FileNotFoundError:
+            raise Http404 from None  # deleted since the caller looked (pruned, erased)
         response = FileResponse(
-            path.open("rb"), content_type=content_type, as_attachment=bool(filename),
-            filename=filename,
-        )  # fmt: skip
+            opened, content_type=content_type, as_attachment=bool(filename), filename=filename
+        )
     # Private to this person: shared caches must not keep it.
     response["Cache-Control"] = "private, max-age=3600"
     return response

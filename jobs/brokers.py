@@ -62,6 +62,19 @@ def broker_is_rabbitmq(url: str | None = None) -> bool:
     return url.split("://", 1)[0].split("+", 1)[0] in RABBITMQ_SCHEMES
 
 
+def messages_waiting(queue: str) -> int:
+    """How many messages wait in `queue` on the broker, not counting those workers hold; 0 for
+    a queue the broker does not have. Raises if the broker cannot be reached."""
+    from config.celery import app
+
+    with app.connection_for_read() as connection:
+        channel = connection.channel()
+        try:
+            return channel.queue_declare(queue=queue, passive=True).message_count
+        except connection.channel_errors:
+            return 0  # never declared, or (Redis) empty: its list does not exist
+
+
 def work_queues() -> list[Queue]:
     """The queues of settings.JOB_QUEUES, declared by every worker and publisher."""
     if not broker_is_rabbitmq():

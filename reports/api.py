@@ -134,5 +134,6 @@ def report_pdf_response(*, user, report_id) -> HttpResponse:
     path = services.report_file(report.pk)
     if not path.is_file():
         raise Http404
-    name = f"report-{report.frequency}-{report.period_start:%Y-%m-%d}.pdf"
+    # The period's first day where the person lives, as the page and the email name it.
+    name = f"report-{report.frequency}-{report.period.first_day:%Y-%m-%d}.pdf"
     return private_file_response(path, content_type="application/pdf", filename=name)

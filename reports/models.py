@@ -28,6 +28,9 @@ class ReportSchedule(models.Model):
     )
     frequency = models.CharField(max_length=10, choices=Frequency.choices, default=Frequency.OFF)
     timezone = models.CharField(max_length=64, default="UTC")
+    # When the frequency or the timezone last changed: the schedule sends the reports of the
+    # periods that end after it, not of one that ended before the person chose it.
+    since = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -86,6 +89,9 @@ class Report(OfOnePeriod):
     )
     # Asked for by the person (POST /api/v1/reports), rather than sent by their schedule.
     on_demand = models.BooleanField(default=False)
+    # When the person last asked for it to be made (made, or queued again after it failed): what
+    # REPORT_REQUESTS_PER_DAY counts.
+    requested_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
@@ -103,12 +109,24 @@ class Report(OfOnePeriod):
     class Meta:
         ordering = ["-period_start", "-created_at"]
         constraints = [
+            # With the timezone: two zones' periods can start at one instant and end at others
+            # (Europe/Paris and Africa/Lagos on the day Paris moves its clocks).
             models.UniqueConstraint(
-                fields=["user", "frequency", "period_start"], name="reports_one_per_period"
+                fields=["user", "frequency", "timezone", "period_start"],
+                name="reports_one_per_period",
             ),
         ]
         indexes = [
             models.Index(fields=["user", "-period_start"], name="reports_user_recent"),
+            # The allowance's question: how many did this person ask for in the last day?
+            models.Index(fields=["user", "requested_at"], name="reports_user_requested"),
+            # The pruning's: which were made, or last changed unmade, before the cutoff?
+            models.Index(fields=["ready_at"], name="reports_ready_at"),
+            models.Index(
+                fields=["updated_at"],
+                condition=models.Q(ready_at__isnull=True),
+                name="reports_unmade_updated",
+            ),
             # The sweep's question: which unfinished reports are past their deadline?
             models.Index(
                 fields=["deadline"],

@@ -3,8 +3,8 @@
 What goes into the page is the person's own data, so it is treated as an attacker's: the template
 escapes every value, and WeasyPrint fetches nothing but the bundled assets (reports/assets: the
 stylesheet and fonts) and `data:` URLs. No `http(s)`, no `file:` outside the assets, no
-redirects; a `<link rel="attachment">`, which would embed whatever it names in the PDF, is
-dropped before the PDF is written. Whatever the page asks for beyond that is refused, logged,
+redirects; an attachment (`<link rel="attachment">`, `<a rel="attachment">`), which would embed
+whatever it names in the PDF, is dropped before the PDF is written. Whatever the page asks for beyond that is refused, logged,
 and left out.
 """
 
@@ -87,8 +87,11 @@ def pdf_from_html(html: str) -> Rendered:
     attachment."""
     fetcher = BundledAssetsOnly()
     document = HTML(string=html, base_url=ASSETS.as_uri() + "/", url_fetcher=fetcher).render()
-    # Attachments embed whatever their link names; a report has none of its own.
+    # Attachments embed whatever they name: `<link rel=attachment>` in the metadata, and
+    # `<a rel=attachment>` as a link of its page. A report has none of its own.
     document.metadata.attachments = []
+    for page in document.pages:
+        page.links = [link for link in page.links if link[0] != "attachment"]
     return Rendered(pdf=document.write_pdf(), refused=fetcher.refused)
 
 

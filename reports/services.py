@@ -28,15 +28,23 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.emails import email_delivery_create
 from accounts.models import EmailDelivery, User
 from jobs.batches import batch_start
+from jobs.brokers import messages_waiting
 from jobs.outbox import enqueue
 from reports import rendering
 from reports.models import Frequency, Report, ReportRun, ReportSchedule, report_deadline
-from reports.periods import Period, period_containing, periods_ended, timezone_checked
+from reports.periods import (
+    Period,
+    period_containing,
+    periods_ended,
+    timezone_checked,
+    timezone_names,
+)
 from reports.selectors import activity_in
 
 logger = logging.getLogger(__name__)
@@ -51,6 +59,14 @@ PRUNE_BATCH = 1000
 # Batches of pruning per run: up to 50,000 reports an hour, more than a day's dispatches make
 # for a service of that size, so a backlog (after a retention cut) shrinks run by run.
 PRUNE_BATCHES_PER_RUN = 50
+# Periods a dispatch records as missed, at most, when beat was down for long: the log says how
+# long the gap was; a row for each of a year of days would say nothing more.
+MISSED_RECORDED = 31
+# The queue the renders wait in (CELERY_TASK_ROUTES: reports.*).
+RENDER_QUEUE = "reports"
+# A rendered PDF is read by the web server's user too (nginx, through X-Accel-Redirect), as the
+# upload files are; mkstemp would make it the worker's alone.
+PDF_FILE_MODE = 0o644
 
 
 class ReportRefused(Exception):
@@ -83,9 +99,17 @@ def report_schedule_set(*, user: User, frequency: str, timezone_name: str) -> Re
         timezone_checked(timezone_name)
     except ValueError as error:
         raise ReportRefused(str(error)) from error
-    schedule, _ = ReportSchedule.objects.update_or_create(
-        user=user, defaults={"frequency": frequency, "timezone": timezone_name}
-    )
+    with transaction.atomic():
+        schedule = ReportSchedule.objects.select_for_update().filter(user=user).first()
+        if schedule is None:
+            return ReportSchedule.objects.create(
+                user=user, frequency=frequency, timezone=timezone_name
+            )
+        if (schedule.frequency, schedule.timezone) != (frequency, timezone_name):
+            # A new schedule: its first report is of the first period that ends from now on.
+            schedule.frequency, schedule.timezone = frequency, timezone_name
+            schedule.since = timezone.now()
+            schedule.save()
     return schedule
 
 
@@ -122,24 +146,48 @@ def reports_dispatch(*, at: datetime | None = None, back_fill: bool = False) -> 
 def _group_dispatch(
     frequency: str, timezone_name: str, *, at: datetime, catch_up: timedelta, back_fill: bool
 ) -> int:
-    # One period before the window too: if it has no run, beat missed it for longer than the
-    # catch-up allows, and that is said once, in the log and as a skipped run.
     recent = periods_ended(
         frequency=frequency, timezone=timezone_name, after=at - catch_up, until=at
     )
-    _run_create(
-        period_containing(at - catch_up, frequency=frequency, timezone=timezone_name).before(),
-        skipped=True,
-    )
+    _missed_record(frequency, timezone_name, before=at - catch_up)
     return sum(
         _run_create(period, skipped=False) or (back_fill and _skipped_run_dispatch(period))
         for period in recent
     )
 
 
+def _missed_record(frequency: str, timezone_name: str, *, before: datetime) -> None:
+    """Record as skipped, and log, the group's periods that ended before the catch-up window
+    with no run: beat missed them for longer than the catch-up allows. Those since the group's
+    last run (the last MISSED_RECORDED of them), or, for a group that never had one, the period
+    just before the window."""
+    last_end = (
+        ReportRun.objects.filter(frequency=frequency, timezone=timezone_name)
+        .order_by("-period_start")
+        .values_list("period_end", flat=True)
+        .first()
+    )
+    if last_end is None:
+        missed = [period_containing(before, frequency=frequency, timezone=timezone_name).before()]
+    else:
+        # Bounded below, so that a group whose last run is years old walks a month of periods.
+        since = max(last_end, before - timedelta(days=31 * MISSED_RECORDED))
+        missed = periods_ended(
+            frequency=frequency, timezone=timezone_name, after=since, until=before
+        )[-MISSED_RECORDED:]
+    for period in missed:
+        _run_create(period, skipped=True)
+
+
 def _run_create(period: Period, *, skipped: bool) -> bool:
     """Create the group's run for the period, and start its batch unless skipped; False if the
     run exists already (another dispatcher, an earlier run of this one)."""
+    if ReportRun.objects.filter(
+        frequency=period.frequency, timezone=period.timezone, period_start=period.start
+    ).exists():
+        # Most runs find their periods dispatched: asked first, so that the unique key below
+        # decides only races, and PostgreSQL does not log a refused insert every 15 minutes.
+        return False
     try:
         with transaction.atomic():
             run = ReportRun.objects.create(
@@ -199,7 +247,7 @@ def _run_batch_start(run: ReportRun) -> None:
     from reports import tasks  # noqa: F401 (declares the batch's handler; it imports this module)
 
     subscribers = (
-        ReportSchedule.objects.filter(frequency=run.frequency, timezone=run.timezone)
+        _subscribed_to(run)
         .order_by("user_id")
         .values_list("user_id", flat=True)
         .iterator(chunk_size=DISPATCH_CHUNK)
@@ -212,23 +260,41 @@ def _run_batch_start(run: ReportRun) -> None:
     ReportRun.objects.filter(pk=run.pk).update(batch=batch)
 
 
+def _subscribed_to(run: ReportRun):
+    """The schedules the run's period is for: of its frequency and timezone, chosen before the
+    period ended, of accounts that can still log in (not being erased)."""
+    return ReportSchedule.objects.filter(
+        frequency=run.frequency,
+        timezone=run.timezone,
+        since__lt=run.period_end,
+        user__is_active=True,
+    )
+
+
 def reports_of_run_create(*, run_id: int, user_ids: list[int]) -> int:
     """A dispatch chunk: the run's period's report for each of these subscribers that has none,
-    each rendering enqueued with the insert that made its row. Returns how many it made."""
+    each rendering enqueued with the insert that made its row. Returns how many it made.
+
+    The chunk's people were subscribed when the run started; asked again here, since a person
+    may have changed their schedule, or begun their account's erasure, since."""
     run = ReportRun.objects.get(pk=run_id)
     period = run.period
+    still = _subscribed_to(run).filter(user_id__in=user_ids).values_list("user_id", flat=True)
     made = 0
-    for user_id in user_ids:
+    for user_id in sorted(still):
         made += _report_create(user_id=user_id, period=period, on_demand=False) is not None
     return made
 
 
 def _report_create(*, user_id: int, period: Period, on_demand: bool) -> Report | None:
-    """The report, queued with its rendering; None if one exists for this period already."""
+    """The report, queued with its rendering; None if one exists for this period already, or
+    the account is being erased."""
     from reports import tasks  # the task module imports this one
 
     try:
         with transaction.atomic():
+            if not _active_account_locked(user_id):
+                return None
             report = Report.objects.create(
                 user_id=user_id,
                 frequency=period.frequency,
@@ -236,11 +302,27 @@ def _report_create(*, user_id: int, period: Period, on_demand: bool) -> Report |
                 period_start=period.start,
                 period_end=period.end,
                 on_demand=on_demand,
+                requested_at=timezone.now() if on_demand else None,
             )
             enqueue(tasks.render_report, report_id=str(report.pk))
     except IntegrityError:
         return None
     return report
+
+
+def _active_account_locked(user_id: int) -> bool:
+    """Whether the account can still log in, its row locked until the caller's transaction
+    ends. An erasure's start locks it too, then turns it inactive and cancels its reports: a
+    report is made, or made ready, before that, or not at all."""
+    # FOR NO KEY UPDATE: it waits for the erasure's FOR UPDATE, not for rows that merely refer
+    # to the account.
+    return (
+        User.objects.select_for_update(no_key=True)
+        .filter(pk=user_id, is_active=True)
+        .values_list("pk", flat=True)
+        .first()
+        is not None
+    )
 
 
 def report_request(*, user: User, frequency: str, day: date | None = None) -> tuple[Report, bool]:
@@ -251,25 +333,36 @@ def report_request(*, user: User, frequency: str, day: date | None = None) -> tu
     if frequency not in Frequency.values or frequency == Frequency.OFF:
         raise ReportRefused("frequency must be daily, weekly or monthly.")
     zone = report_schedule_of(user=user).timezone
+    if zone not in timezone_names():
+        # Chosen when this host's tz database had it; a server on an older one lacks it.
+        raise ReportRefused(f"Your timezone {zone!r} is not known here; choose it again.")
     now = timezone.now()
     if day is None:
         period = period_containing(now, frequency=frequency, timezone=zone).before()
     else:
         period = _period_asked(user, day, frequency=frequency, timezone_name=zone, now=now)
-    existing = Report.objects.filter(
-        user=user, frequency=frequency, period_start=period.start
-    ).first()
-    if existing is not None:
-        if existing.status == Report.Status.FAILED:
-            _report_queue_again(existing.pk, resumes_now=0, status=Report.Status.FAILED)
+    the_period = {"user": user, "frequency": frequency, "timezone": zone}
+    with transaction.atomic():
+        # The account's row, locked: two requests at once count one after the other.
+        if not _active_account_locked(user.pk):
+            raise ReportRefused("This account is being deleted.")
+        existing = Report.objects.filter(**the_period, period_start=period.start).first()
+        if existing is not None and existing.status != Report.Status.FAILED:
+            return existing, False
+        _request_allowance_check(user, now=now)
+        if existing is not None:
+            # Made again from scratch, and counted as asked for: a report that keeps failing
+            # costs a render each time.
+            _report_queue_again(
+                existing.pk, resumes_now=0, status=Report.Status.FAILED, requested_at=now
+            )
             existing.refresh_from_db()
-        return existing, False
-    _request_allowance_check(user, now=now)
-    made = _report_create(user_id=user.pk, period=period, on_demand=True)
+            return existing, False
+        made = _report_create(user_id=user.pk, period=period, on_demand=True)
     if made is not None:
         return made, True
-    # Made by a request at the same moment.
-    return Report.objects.get(user=user, frequency=frequency, period_start=period.start), False
+    # Made by the schedule's dispatch at the same moment.
+    return Report.objects.get(**the_period, period_start=period.start), False
 
 
 def _period_asked(
@@ -292,9 +385,9 @@ def _period_asked(
 def _request_allowance_check(user: User, *, now: datetime) -> None:
     window = timedelta(days=1)
     recent = list(
-        Report.objects.filter(user=user, on_demand=True, created_at__gt=now - window)
-        .order_by("-created_at")
-        .values_list("created_at", flat=True)[: settings.REPORT_REQUESTS_PER_DAY]
+        Report.objects.filter(user=user, requested_at__gt=now - window)
+        .order_by("-requested_at")
+        .values_list("requested_at", flat=True)[: settings.REPORT_REQUESTS_PER_DAY]
     )
     if len(recent) >= settings.REPORT_REQUESTS_PER_DAY:
         # Free again when the oldest of those leaves the window.
@@ -302,11 +395,14 @@ def _request_allowance_check(user: User, *, now: datetime) -> None:
         raise TooManyReportRequests(wait_seconds=int((free_at - now).total_seconds()) + 1)
 
 
-def _report_queue_again(report_id, *, resumes_now: int, **still) -> bool:
+def _report_queue_again(
+    report_id, *, resumes_now: int, requested_at: datetime | None = None, **still
+) -> bool:
     """Queue the report's rendering again if it still matches `still` (its status, say);
-    False if it moved on meanwhile."""
+    False if it moved on meanwhile. `requested_at`: a person asked for it."""
     from reports import tasks  # the task module imports this one
 
+    asked = {"requested_at": requested_at} if requested_at else {}
     with transaction.atomic():
         if not Report.objects.filter(pk=report_id, **still).update(
             status=Report.Status.QUEUED,
@@ -314,6 +410,8 @@ def _report_queue_again(report_id, *, resumes_now: int, **still) -> bool:
             error="",
             resumes=resumes_now,
             deadline=report_deadline(),
+            updated_at=timezone.now(),
+            **asked,
         ):
             return False
         enqueue(tasks.render_report, report_id=str(report_id))
@@ -346,12 +444,18 @@ def report_render(*, report_id: str) -> bool:
     already, or gone (erased, pruned), is left as it is: a delivery run twice renders once and
     emails once."""
     report = (
-        Report.objects.filter(pk=report_id, status__in=RENDERABLE).select_related("user").first()
+        Report.objects.filter(pk=report_id, status__in=RENDERABLE, user__is_active=True)
+        .select_related("user")
+        .first()
     )
     if report is None:
         return False
     if not Report.objects.filter(pk=report.pk, status__in=RENDERABLE).update(
-        status=Report.Status.RENDERING, progress=10, error="", deadline=report_deadline()
+        status=Report.Status.RENDERING,
+        progress=10,
+        error="",
+        deadline=report_deadline(),
+        updated_at=timezone.now(),
     ):
         return False  # finished by another delivery since it was read
     period = report.period
@@ -376,21 +480,26 @@ def report_render(*, report_id: str) -> bool:
     descriptor, partial = tempfile.mkstemp(
         dir=path.parent, prefix=f"{report.pk}.", suffix=".partial"
     )
+    os.fchmod(descriptor, PDF_FILE_MODE)
     with os.fdopen(descriptor, "wb") as file:
         file.write(rendered.pdf)
     os.replace(partial, path)
     with transaction.atomic():
-        if not Report.objects.filter(pk=report.pk, status=Report.Status.RENDERING).update(
+        made_ready = _active_account_locked(report.user_id) and Report.objects.filter(
+            pk=report.pk, status=Report.Status.RENDERING
+        ).update(
             status=Report.Status.READY,
             progress=100,
             pdf_bytes=len(rendered.pdf),
             ready_at=timezone.now(),
-        ):
-            if not Report.objects.filter(pk=report.pk).exists():
-                # Erased (or pruned) while it rendered: its erasure looked for the file before
-                # it was written, so the file goes here, or nobody would ever remove it.
+        )
+        if not made_ready:
+            if not Report.objects.filter(pk=report.pk, status=Report.Status.READY).exists():
+                # Cancelled (its account's erasure began), failed or erased while it rendered:
+                # nobody will record this file, and an erasure looked for it before it was
+                # written, so it goes here.
                 path.unlink(missing_ok=True)
-            return False  # another delivery finished it first, or it was erased meanwhile
+            return False
         attachment = _attachment_of(report, size=len(rendered.pdf))
         email_delivery_create(
             kind=EmailDelivery.Kind.REPORT_READY,
@@ -404,6 +513,10 @@ def report_render(*, report_id: str) -> bool:
             },
             attachment=attachment,
         )
+    # What renders of it cut short left (a killed process): any render still running finds the
+    # report ready when it tries to record it.
+    for leftover in path.parent.glob(f"{report.pk}.*.partial"):
+        leftover.unlink(missing_ok=True)
     return True
 
 
@@ -412,6 +525,15 @@ def _attachment_of(report: Report, *, size: int) -> str:
     if size > settings.REPORT_ATTACH_MAX_BYTES:
         return ""
     return str(report_file(report.pk).relative_to(settings.MEDIA_ROOT))
+
+
+def reports_of_account_cancel(*, user_id: int) -> int:
+    """As an account's erasure starts (its row locked): fail its reports still to be made. A
+    render of one running meanwhile finds it failed, and removes what it wrote. Returns how
+    many."""
+    return Report.objects.filter(
+        user_id=user_id, status__in=[Report.Status.QUEUED, Report.Status.RENDERING]
+    ).update(status=Report.Status.FAILED, error="The account is being deleted.")
 
 
 def report_fail(*, report_id: str, reason: str) -> None:
@@ -426,15 +548,24 @@ def reports_stalled_sweep(*, now: datetime | None = None) -> int:
     Returns how many it queued again or failed."""
     now = now or timezone.now()
     unfinished = [Report.Status.QUEUED, Report.Status.RENDERING]
-    stalled = (
+    stalled = list(
         Report.objects.filter(status__in=unfinished, deadline__lt=now)
         .order_by("deadline")
         .values_list("pk", "status", "resumes")[:SWEEP_BATCH]
     )
+    queue_drained = None
     acted = 0
-    for report_id, status, resumes in list(stalled):
+    for report_id, status, resumes in stalled:
         # Acted on only as it was read: a render that started since has moved its deadline on.
         still = {"status": status, "resumes": resumes, "deadline__lt": now}
+        if status == Report.Status.QUEUED:
+            if queue_drained is None:
+                queue_drained = _render_queue_drained()
+            if not queue_drained:
+                # Its message may be one of those still waiting (a large dispatch, a queue
+                # without a worker): looked at again later, with nothing counted against it.
+                Report.objects.filter(pk=report_id, **still).update(deadline=report_deadline())
+                continue
         if resumes < settings.REPORT_MAX_RESUMES:
             if _report_queue_again(report_id, resumes_now=resumes + 1, **still):
                 logger.warning("report %s stalled, queued again (%d)", report_id, resumes + 1)
@@ -448,15 +579,27 @@ def reports_stalled_sweep(*, now: datetime | None = None) -> int:
     return acted
 
 
+def _render_queue_drained() -> bool:
+    """Whether the renders' queue holds no message: then a report still queued past its
+    deadline has lost its own. Unknown (the broker unreachable) counts as not drained."""
+    try:
+        return messages_waiting(RENDER_QUEUE) == 0
+    except Exception:
+        logger.warning("reports sweep: the broker could not say what waits in %s", RENDER_QUEUE)
+        return False
+
+
 def reports_prune(*, now: datetime | None = None) -> int:
-    """Delete reports made more than REPORT_RETENTION_DAYS ago, their files first, and the
-    dispatch records as old; returns how many reports it deleted."""
+    """Delete reports made more than REPORT_RETENTION_DAYS ago (and those never made, last
+    changed as long ago), their files first, and the dispatch records as old; returns how many
+    reports it deleted."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.REPORT_RETENTION_DAYS)
+    old_ones = Report.objects.filter(
+        Q(ready_at__lt=cutoff) | Q(ready_at__isnull=True, updated_at__lt=cutoff)
+    ).order_by()  # in no order: each slice walks the indexes, and sorts nothing
     deleted = 0
     for _ in range(PRUNE_BATCHES_PER_RUN):
-        old = list(
-            Report.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:PRUNE_BATCH]
-        )
+        old = list(old_ones.values_list("pk", flat=True)[:PRUNE_BATCH])
         if not old:
             break
         for report_id in old:

@@ -37,7 +37,9 @@ def reports_page(request: HttpRequest) -> HttpResponse:
                     timezone_name=request.POST.get("timezone", ""),
                 )
         except services.TooManyReportRequests as refusal:
-            return _page(request, problem=str(refusal), status=429)
+            response = _page(request, problem=str(refusal), status=429)
+            response["Retry-After"] = str(refusal.wait_seconds)
+            return response
         except services.ReportRefused as refusal:
             return _page(request, problem=str(refusal), status=400)
         return redirect("reports:page")

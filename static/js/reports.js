@@ -1,4 +1,5 @@
-// The reports page: fills in the browser's timezone for a first schedule, and polls each report
+// The reports page: fills in the browser's timezone for a first schedule (the page marks the
+// field only while none is saved), and polls each report
 // still being made until it is ready or failed. Everything else works without this script.
 "use strict";
 

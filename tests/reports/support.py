@@ -1,6 +1,7 @@
 """What the reports tests share: a person with an API client, the PDF's text, waiting."""
 
 import io
+from datetime import UTC, datetime
 
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -8,7 +9,8 @@ from django.utils import timezone
 from pypdf import PdfReader
 
 from accounts.services import api_token_create
-from reports.models import Report
+from reports import services
+from reports.models import Report, ReportSchedule
 from tests.services import eventually
 
 
@@ -19,6 +21,16 @@ def person(email: str, **fields) -> tuple:
     )
     app = Client(headers={"Authorization": f"Bearer {api_token_create(user=user)}"})
     return user, app
+
+
+# Before every period the tests dispatch: a schedule sends the periods that end after it was set.
+SUBSCRIBED_LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def subscribed(user, frequency: str, timezone_name: str) -> None:
+    """The person chose this schedule at the start of 2026."""
+    services.report_schedule_set(user=user, frequency=frequency, timezone_name=timezone_name)
+    ReportSchedule.objects.filter(user=user).update(since=SUBSCRIBED_LONG_AGO)
 
 
 def all_ready(expected: int, timeout: float = 60) -> list[Report]:

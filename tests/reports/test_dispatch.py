@@ -14,11 +14,12 @@ from media.models import Upload
 from reports import services
 from reports.models import Report, ReportRun, ReportSchedule
 from reports.periods import period_containing
-from tests.reports.support import all_ready, pdf_text, person
+from tests.reports.support import SUBSCRIBED_LONG_AGO, all_ready, pdf_text, person, subscribed
 
 
 def test_a_schedule_brings_the_report_of_the_day_that_ended_by_email(celery_worker, smtp):
-    # given a person who asked for daily reports in Paris, with an upload yesterday there
+    # given a person who asked for daily reports in Paris two days ago, with an upload
+    # yesterday there
     user, app = person("daily@example.com")
     answer = app.put(
         "/api/v1/reports/schedule",
@@ -26,6 +27,7 @@ def test_a_schedule_brings_the_report_of_the_day_that_ended_by_email(celery_work
         content_type="application/json",
     )
     assert answer.status_code == 200, answer.content
+    ReportSchedule.objects.filter(user=user).update(since=timezone.now() - timedelta(days=2))
     yesterday = period_containing(
         timezone.now(), frequency="daily", timezone="Europe/Paris"
     ).before()
@@ -48,6 +50,8 @@ def test_a_schedule_brings_the_report_of_the_day_that_ended_by_email(celery_work
     download = app.get(listed[0]["download_url"])
     assert download.status_code == 200
     assert download["Content-Type"] == "application/pdf"
+    # (named after the day in Paris, which began at 22:00 or 23:00 UTC the day before)
+    assert f"report-daily-{yesterday.first_day:%Y-%m-%d}.pdf" in download["Content-Disposition"]
     assert b"".join(download.streaming_content) == attachment.get_content()
     _, stranger = person("stranger@example.com")
     assert stranger.get(listed[0]["download_url"]).status_code == 404
@@ -58,7 +62,7 @@ def test_dispatching_twice_and_at_once_makes_one_report_and_one_email_each(celer
     # given three people on weekly reports
     people = [person(f"weekly{index}@example.com")[0] for index in range(3)]
     for user in people:
-        services.report_schedule_set(user=user, frequency="weekly", timezone_name="UTC")
+        subscribed(user, "weekly", "UTC")
     # when, just after a week ended, two dispatchers run at once, and one again after
     errors: list = []
     monday = datetime(2026, 11, 30, 0, 10, tzinfo=UTC)
@@ -92,7 +96,7 @@ def test_periods_missed_while_beat_was_down_are_caught_up_once_or_skipped_past_t
     # given a person on daily reports in UTC, and beat running a dispatch just after midnight
     settings.REPORT_CATCH_UP_HOURS = 24
     user, _ = person("missed@example.com")
-    services.report_schedule_set(user=user, frequency="daily", timezone_name="UTC")
+    subscribed(user, "daily", "UTC")
     services.reports_dispatch(at=datetime(2026, 3, 2, 0, 5, tzinfo=UTC))
     # when beat is down until the evening of 4 March, then dispatches, twice
     services.reports_dispatch(at=datetime(2026, 3, 4, 20, tzinfo=UTC))
@@ -110,10 +114,11 @@ def test_periods_missed_while_beat_was_down_are_caught_up_once_or_skipped_past_t
 
 @pytest.mark.django_db(transaction=True)
 def test_the_command_runs_the_dispatch_for_a_given_moment_and_refuses_a_vague_one(
-    celery_worker,
+    celery_worker, settings
 ):
+    settings.REPORT_RETENTION_DAYS = 3650  # the moments below are kept
     user, _ = person("command@example.com")
-    services.report_schedule_set(user=user, frequency="monthly", timezone_name="Asia/Kathmandu")
+    subscribed(user, "monthly", "Asia/Kathmandu")
     out = io.StringIO()
     call_command("reports_dispatch", "--at", "2026-03-01T00:20:00+05:45", stdout=out)
     assert out.getvalue().strip() == "1 period(s) dispatched"
@@ -130,8 +135,10 @@ def test_a_group_that_cannot_be_dispatched_holds_up_no_other(celery_worker):
     # change), sorted before a subscriber of a good one
     broken, _ = person("broken@example.com")
     fine, _ = person("fine@example.com")
-    services.report_schedule_set(user=fine, frequency="daily", timezone_name="UTC")
-    ReportSchedule.objects.create(user=broken, frequency="daily", timezone="Atlantis/Gone")
+    subscribed(fine, "daily", "UTC")
+    ReportSchedule.objects.create(
+        user=broken, frequency="daily", timezone="Atlantis/Gone", since=SUBSCRIBED_LONG_AGO
+    )
     # when the dispatch runs, then the good group is dispatched, the broken one skipped
     assert services.reports_dispatch(at=datetime(2026, 3, 2, 0, 5, tzinfo=UTC)) == 1
     (report,) = all_ready(1)
@@ -142,8 +149,9 @@ def test_a_group_that_cannot_be_dispatched_holds_up_no_other(celery_worker):
 def test_a_skipped_period_is_back_filled_by_the_command_once(celery_worker, settings):
     # given a daily subscriber whose 2 March beat saw too late, and skipped
     settings.REPORT_CATCH_UP_HOURS = 24
+    settings.REPORT_RETENTION_DAYS = 3650
     user, _ = person("backfill@example.com")
-    services.report_schedule_set(user=user, frequency="daily", timezone_name="UTC")
+    subscribed(user, "daily", "UTC")
     services.reports_dispatch(at=datetime(2026, 3, 4, 20, tzinfo=UTC))
     assert ReportRun.objects.filter(skipped=True, period_start__date=date(2026, 3, 2)).exists()
     all_ready(1)  # 3 March, caught up
@@ -178,7 +186,7 @@ def test_a_daylight_saving_day_is_reported_with_its_own_hours(
 ):
     # given a daily subscriber in Paris with uploads around the edges of that day
     user, _ = person("paris@example.com")
-    services.report_schedule_set(user=user, frequency="daily", timezone_name="Europe/Paris")
+    subscribed(user, "daily", "Europe/Paris")
     for moment in inside + outside:
         upload = Upload.objects.create(
             owner=user, original_name=f"at-{moment[11:16]}-{moment[8:10]}.jpg",
@@ -197,3 +205,63 @@ def test_a_daylight_saving_day_is_reported_with_its_own_hours(
         assert f"at-{moment[11:16]}-{moment[8:10]}.jpg" in text
     for moment in outside:
         assert f"at-{moment[11:16]}-{moment[8:10]}.jpg" not in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_sends_the_periods_that_end_after_it_was_chosen_to_those_still_on_it(
+    celery_worker,
+):
+    # given four people on daily reports in UTC: one since long ago, one who chose it this
+    # morning, one who moved to Lagos since the run started, one whose erasure began since
+    monday = datetime(2026, 3, 2, 0, 5, tzinfo=UTC)
+    old, _ = person("old@example.com")
+    subscribed(old, "daily", "UTC")
+    new, _ = person("new@example.com")
+    services.report_schedule_set(user=new, frequency="daily", timezone_name="UTC")
+    ReportSchedule.objects.filter(user=new).update(since=monday - timedelta(minutes=3))
+    moved, _ = person("moved@example.com")
+    subscribed(moved, "daily", "UTC")
+    leaving, _ = person("leaving@example.com")
+    subscribed(leaving, "daily", "UTC")
+    # (the run's batch is cut, and its chunk waits, while no worker runs)
+    celery_worker.stop()
+    assert services.reports_dispatch(at=monday) == 1
+    services.report_schedule_set(user=moved, frequency="daily", timezone_name="Africa/Lagos")
+    type(leaving).objects.filter(pk=leaving.pk).update(is_active=False)
+    # when the chunk runs
+    celery_worker.start()
+    # then only the one subscribed before the day ended, and still on it, gets its report
+    (report,) = all_ready(1)
+    assert report.user == old
+    # and saving the same schedule again does not move its start
+    since = ReportSchedule.objects.get(user=old).since
+    services.report_schedule_set(user=old, frequency="daily", timezone_name="UTC")
+    assert ReportSchedule.objects.get(user=old).since == since
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_period_missed_since_the_last_run_is_recorded_as_skipped(celery_worker, settings):
+    # given a daily subscriber dispatched on 1 March, then beat down until the evening of 6 March
+    settings.REPORT_CATCH_UP_HOURS = 24
+    user, _ = person("gap@example.com")
+    subscribed(user, "daily", "UTC")
+    services.reports_dispatch(at=datetime(2026, 3, 2, 0, 5, tzinfo=UTC))
+    services.reports_dispatch(at=datetime(2026, 3, 6, 20, tzinfo=UTC))
+    # then 2 to 4 March are on record as skipped, 5 March caught up (28 February was skipped
+    # by the first dispatch of all, which did not see it in time either)
+    skipped = ReportRun.objects.filter(skipped=True).order_by("period_start")
+    assert [run.period_start.date() for run in skipped] == [
+        date(2026, 2, 28), date(2026, 3, 2), date(2026, 3, 3), date(2026, 3, 4),
+    ]  # fmt: skip
+    dispatched = ReportRun.objects.filter(skipped=False).order_by("period_start")
+    assert [run.period_start.day for run in dispatched] == [1, 5]
+    all_ready(2)
+
+
+@pytest.mark.django_db
+def test_the_command_refuses_a_moment_older_than_the_retention(settings):
+    settings.REPORT_RETENTION_DAYS = 90
+    long_ago = (timezone.now() - timedelta(days=91)).isoformat()
+    with pytest.raises(CommandError, match="REPORT_RETENTION_DAYS"):
+        call_command("reports_dispatch", "--at", long_ago)
+    assert not ReportRun.objects.exists()

@@ -2,6 +2,7 @@
 a message lost, a dead letter re-driven; old reports go with their files; a render that would
 swallow the machine's memory fails instead (reports/services.py, reports/rendering.py)."""
 
+import stat
 import subprocess
 import sys
 from datetime import timedelta
@@ -11,7 +12,9 @@ import pytest
 from django.conf import settings as project_settings
 from django.utils import timezone
 
+from accounts.deletion import account_erasure_queue, account_erasure_start
 from accounts.models import EmailDelivery
+from jobs.brokers import messages_waiting
 from jobs.deadletters import dead_letter_record, dead_letter_redrive
 from media.models import Upload
 from reports import services
@@ -99,6 +102,53 @@ def test_a_report_whose_message_was_lost_is_queued_again_then_failed_and_asked_f
     all_ready(1)
 
 
+def test_a_report_queued_past_its_deadline_behind_other_messages_is_left_to_wait(
+    no_worker_running, transactional_db
+):
+    # given two reports whose messages wait in the reports queue (no worker consumes it)
+    reports = []
+    for email in ("first@example.com", "second@example.com"):
+        user, _ = person(email)
+        reports.append(services.report_request(user=user, frequency="daily")[0])
+    eventually(lambda: messages_waiting("reports") == 2)
+    # when the sweep runs past their deadline
+    later = past_deadline(reports[-1])
+    assert services.reports_stalled_sweep(now=later) == 0
+    # then nothing is queued again nor counted against them: their deadline moved on
+    for report in Report.objects.all():
+        assert (report.status, report.resumes) == (Report.Status.QUEUED, 0)
+        assert report.deadline > timezone.now()
+    assert messages_waiting("reports") == 2
+
+
+@pytest.mark.django_db
+def test_an_erasure_that_begins_while_a_report_renders_leaves_no_pdf_and_no_email(monkeypatch):
+    # given a report rendering for an account whose deletion is due
+    user, _ = person("erasing@example.com")
+    report, _ = services.report_request(user=user, frequency="daily")
+    type(user).objects.filter(pk=user.pk).update(deletion_scheduled_for=timezone.now())
+    user.refresh_from_db()
+    erasure = account_erasure_queue(user=user)
+    render = services.rendering.pdf_render
+
+    def render_while_the_erasure_starts(**kwargs):
+        assert account_erasure_start(erasure_id=erasure.pk).started
+        return render(**kwargs)
+
+    monkeypatch.setattr(services.rendering, "pdf_render", render_while_the_erasure_starts)
+    # when the render ends, then nothing was made: the report failed as the erasure began
+    assert not services.report_render(report_id=str(report.pk))
+    assert Report.objects.get(pk=report.pk).status == Report.Status.FAILED
+    assert not any(services.report_file(report.pk).parent.glob(f"{report.pk}*"))
+    assert not EmailDelivery.objects.filter(kind=EmailDelivery.Kind.REPORT_READY).exists()
+    # and a delivery of it that comes later renders nothing
+    monkeypatch.setattr(services.rendering, "pdf_render", render)
+    assert not services.report_render(report_id=str(report.pk))
+    # nor does asking for a report, or a dispatch chunk
+    with pytest.raises(services.ReportRefused, match="being deleted"):
+        services.report_request(user=user, frequency="weekly")
+
+
 def test_a_failed_renders_dead_letter_re_driven_makes_the_report(celery_worker, smtp):
     # given a report whose rendering failed for good
     user, _ = person("redrive@example.com")
@@ -131,6 +181,8 @@ def test_a_report_larger_than_the_attachment_limit_is_emailed_as_a_link(
     )  # fmt: skip
     # when it is rendered
     assert services.report_render(report_id=str(report.pk))
+    # (readable by the web server's user, which sends it through X-Accel-Redirect)
+    assert stat.S_IMODE(services.report_file(report.pk).stat().st_mode) == 0o644
     # then the email holds a link to the PDF, behind the login, and no attachment
     message = smtp.wait_for(user.email, subject="Your daily activity report is ready")
     assert list(message.iter_attachments()) == []
@@ -140,17 +192,27 @@ def test_a_report_larger_than_the_attachment_limit_is_emailed_as_a_link(
 
 @pytest.mark.django_db
 def test_reports_past_their_retention_go_with_their_files_and_newer_ones_stay(settings, tmp_path):
+    # given reports made (ready) 31 and 29 days ago, one asked for 40 days ago but made a day
+    # ago (it failed, then was asked for again), and one never made, last queued 31 days ago,
+    # with a retention of 30 days
     settings.MEDIA_ROOT = str(tmp_path)
     settings.REPORT_RETENTION_DAYS = 30
     user, _ = person("old@example.com")
-    made = []
-    for age_days in (31, 29):
-        start = timezone.now() - timedelta(days=age_days + 1)
+    days_ago = lambda days: timezone.now() - timedelta(days=days)  # noqa: E731
+    kept = {}
+    for name, created, ready, status in [
+        ("made 31 days ago", 31, 31, Report.Status.READY),
+        ("made 29 days ago", 29, 29, Report.Status.READY),
+        ("asked again", 40, 1, Report.Status.READY),
+        ("never made", 31, None, Report.Status.FAILED),
+    ]:
+        start = days_ago(created + 1)
         report = Report.objects.create(
             user=user, frequency="daily", timezone="UTC", period_start=start,
-            period_end=start + timedelta(days=1), status=Report.Status.READY,
-            created_at=timezone.now() - timedelta(days=age_days),
+            period_end=start + timedelta(days=1), status=status, created_at=days_ago(created),
+            ready_at=ready and days_ago(ready),
         )  # fmt: skip
+        Report.objects.filter(pk=report.pk).update(updated_at=days_ago(ready or created))
         path = services.report_file(report.pk)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"%PDF-1.7")
@@ -159,14 +221,19 @@ def test_reports_past_their_retention_go_with_their_files_and_newer_ones_stay(se
             frequency="daily", timezone="UTC", period_start=start,
             period_end=start + timedelta(days=1), created_at=report.created_at,
         )  # fmt: skip
-        made.append(report)
-    _, recent = made
-    assert services.reports_prune() == 1
-    assert list(Report.objects.values_list("pk", flat=True)) == [recent.pk]
+        kept[name] = report.pk
+    # when the pruning runs
+    assert services.reports_prune() == 2
+    # then the two made or last changed more than 30 days ago are gone with their files
+    stay = sorted([kept["made 29 days ago"], kept["asked again"]])
+    assert sorted(Report.objects.values_list("pk", flat=True)) == stay
     assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == sorted(
-        [f"{recent.pk}.pdf", f"{recent.pk}.abc.partial"]
+        name for pk in stay for name in (f"{pk}.pdf", f"{pk}.abc.partial")
     )
-    assert ReportRun.objects.count() == 1
+    # and the dispatch records made more than 30 days ago with them
+    assert list(ReportRun.objects.values_list("period_start", flat=True)) == [
+        Report.objects.get(pk=kept["made 29 days ago"]).period_start
+    ]
 
 
 def test_a_render_past_its_memory_cap_fails_and_the_process_gets_its_memory_back():

@@ -51,8 +51,17 @@ def listener():
     opened.close()
 
 
-def embedded_files(pdf: bytes) -> dict:
-    return PdfReader(io.BytesIO(pdf)).attachments
+def embedded_files(pdf: bytes) -> list:
+    """The files the PDF carries: in its document-level list, and as file annotations of its
+    pages (what `<a rel="attachment">` makes)."""
+    reader = PdfReader(io.BytesIO(pdf))
+    annotated = [
+        annotation.get_object()
+        for page in reader.pages
+        for annotation in page.get("/Annots", [])
+        if annotation.get_object().get("/Subtype") == "/FileAttachment"
+    ]
+    return [*reader.attachments, *annotated]
 
 
 def test_hostile_html_fetches_nothing_embeds_nothing_and_keeps_the_bundled_assets(listener):
@@ -68,12 +77,14 @@ def test_hostile_html_fetches_nothing_embeds_nothing_and_keeps_the_bundled_asset
       <body><p>Hello</p><img src="{url}/pixel.png"><img src="file:///etc/passwd">
       <img src="{climbing}"><iframe src="{url}/frame"></iframe>
       <img src="data:image/gif;base64,R0lGODlhAQABAAAAACwAAAAAAQABAAA=">
-      <a href="{url}/link">a link is only a link</a></body></html>"""
+      <a href="{url}/link">a link is only a link</a>
+      <a rel="attachment" href="data:text/plain;base64,U0VDUkVU">a data: attachment</a>
+      <a rel="attachment" href="report.css">an asset as an attachment</a></body></html>"""
     # when it is laid out
     rendered = pdf_from_html(html)
     # then nothing reached the network, nothing outside the assets was read, nothing embedded
     assert listener.connections == 0
-    assert embedded_files(rendered.pdf) == {}
+    assert embedded_files(rendered.pdf) == []
     assert f"{url}/style.css" in rendered.refused
     assert f"{url}/pixel.png" in rendered.refused
     assert "file:///etc/passwd" in rendered.refused
@@ -127,7 +138,7 @@ def test_a_report_holds_the_persons_figures_and_names_and_hostile_names_stay_tex
     pdf = services.report_file(report.pk).read_bytes()
     text = pdf_text(pdf)
     assert listener.connections == 0
-    assert embedded_files(pdf) == {}
+    assert embedded_files(pdf) == []
     assert "1 March 2026 to 31 March 2026" in text
     assert "Europe/Paris" in text
     assert "holiday.jpg" in text

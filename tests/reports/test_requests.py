@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from reports import services
-from reports.models import Report
+from reports.models import Report, ReportSchedule
 from tests.reports.support import person
 
 
@@ -81,7 +81,7 @@ def test_new_reports_on_demand_are_limited_per_day_and_asking_again_is_free(sett
     assert Report.objects.filter(user=user).count() == 3
     # and a day later the allowance is back
     Report.objects.filter(user=user).update(
-        created_at=timezone.now() - timedelta(days=1, seconds=1)
+        requested_at=timezone.now() - timedelta(days=1, seconds=1)
     )
     assert ask(app, frequency="daily", period=days[3]).status_code == 202
 
@@ -121,3 +121,15 @@ def test_the_page_asks_for_a_given_period_and_says_what_is_wrong_with_one():
     for day, says in (("14/02/2026", "YYYY-MM-DD"), ("2025-02-14", "signed up")):
         refused = browser.post("/reports", {**asked, "period": day})
         assert refused.status_code == 400 and says in refused.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_timezone_this_server_does_not_know_is_asked_for_again_not_a_500():
+    # given a schedule saved in a timezone this host's tz database lacks (an older tzdata)
+    user, app = person("unknown-zone@example.com")
+    ReportSchedule.objects.create(user=user, frequency="daily", timezone="America/Ciudad_Nueva")
+    # when the person asks for a report, then they are told to choose their timezone again
+    answer = ask(app, frequency="daily")
+    assert answer.status_code == 400
+    assert "choose it again" in answer.content.decode()
+    assert not Report.objects.exists()

@@ -7,8 +7,9 @@ dispatched, are; so are those of them that beat's dispatch skipped for having se
 late. Running it again, or while beat runs it, dispatches nothing twice.
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -34,5 +35,12 @@ class Command(BaseCommand):
                 # It would dispatch periods that have not ended, with part of their data, and
                 # the period's real end would then find it dispatched.
                 raise CommandError("--at: a moment in the future dispatches unfinished periods")
+            if moment < timezone.now() - timedelta(days=settings.REPORT_RETENTION_DAYS):
+                # Its reports, and the records that they were sent, have been pruned: they
+                # would be made and emailed again.
+                raise CommandError(
+                    f"--at: reports older than REPORT_RETENTION_DAYS "
+                    f"({settings.REPORT_RETENTION_DAYS}) are pruned; they would be sent again"
+                )
         started = reports_dispatch(at=moment, back_fill=moment is not None)
         self.stdout.write(f"{started} period(s) dispatched")
