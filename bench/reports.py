@@ -130,7 +130,9 @@ def _subscribers_made(count: int) -> dict[str, list[int]]:
             .values_list("pk", flat=True)  # databases that return no ids from bulk_create
         )
         ReportSchedule.objects.bulk_create(
-            ReportSchedule(user_id=user_id, frequency="monthly", timezone="UTC") for user_id in ids
+            # Chosen before the month began: the dispatch sends the periods that end after.
+            ReportSchedule(user_id=user_id, frequency="monthly", timezone="UTC", since=MONTH_START)
+            for user_id in ids
         )
         rows = [
             Upload(

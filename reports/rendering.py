@@ -4,8 +4,8 @@ What goes into the page is the person's own data, so it is treated as an attacke
 escapes every value, and WeasyPrint fetches nothing but the bundled assets (reports/assets: the
 stylesheet and fonts) and `data:` URLs. No `http(s)`, no `file:` outside the assets, no
 redirects; an attachment (`<link rel="attachment">`, `<a rel="attachment">`), which would embed
-whatever it names in the PDF, is dropped before the PDF is written. Whatever the page asks for beyond that is refused, logged,
-and left out.
+whatever it names in the PDF, is dropped before the PDF is written. Whatever the page asks for
+beyond that is refused, logged, and left out.
 """
 
 import logging
