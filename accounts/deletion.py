@@ -41,6 +41,8 @@ from accounts.models import (
 from jobs.batches import batch_items_forget, batch_start
 from jobs.models import Batch, DeadLetter, IdempotencyKey, OutboxMessage
 from jobs.outbox import enqueue
+from notifications.models import Kind
+from notifications.services import NotificationEmail, notification_send
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +112,15 @@ def account_deletion_request(*, user: User, password: str, ip: str) -> datetime:
         user.save(update_fields=["deletion_scheduled_for"])
         account_access_end(user=user)
         if grace:
-            email_delivery_create(
-                kind=EmailDelivery.Kind.DELETION_SCHEDULED,
-                recipient=user.email,
+            notification_send(
                 user=user,
-                context={"scheduled_for": user.deletion_scheduled_for},
+                kind=Kind.DELETION_SCHEDULED,
+                title=f"Your account will be deleted on {user.deletion_scheduled_for:%d %B %Y}",
+                body="Log in before then and cancel the deletion to keep it.",
+                email=NotificationEmail(
+                    kind=EmailDelivery.Kind.DELETION_SCHEDULED,
+                    context={"scheduled_for": user.deletion_scheduled_for},
+                ),
             )
         else:
             # No grace: the erasure's last email is the only one; one sent now would be erased
@@ -137,8 +143,12 @@ def account_deletion_cancel(*, user: User) -> None:
             erasure.delete()  # its queued task finds nothing to do
         user.deletion_scheduled_for = None
         user.save(update_fields=["deletion_scheduled_for"])
-        email_delivery_create(
-            kind=EmailDelivery.Kind.DELETION_CANCELLED, recipient=user.email, user=user
+        notification_send(
+            user=user,
+            kind=Kind.DELETION_CANCELLED,
+            title="Your account will not be deleted",
+            body="The deletion of your account was cancelled: it stays, with all it holds.",
+            email=NotificationEmail(kind=EmailDelivery.Kind.DELETION_CANCELLED, context={}),
         )
 
 

@@ -145,6 +145,8 @@ class EmailDelivery(models.Model):
         DELETION_CANCELLED = "deletion_cancelled", "account deletion cancelled"
         ACCOUNT_ERASED = "account_erased", "account erased"
         REPORT_READY = "report_ready", "report ready"
+        # Any other notification whose email channel is on (notifications/services.py).
+        NOTIFICATION = "notification", "notification"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"

@@ -73,7 +73,8 @@ def _messages(value) -> list[str]:
     if isinstance(value, list | tuple):
         return [message for item in value for message in _messages(item)]
     if isinstance(value, dict):
-        return [message for item in value.values() for message in _messages(item)]
+        # A nested object's errors keep the names of their fields ("keys: auth: ...").
+        return [f"{key}: {message}" for key, item in value.items() for message in _messages(item)]
     return [str(value)]
 
 

@@ -76,6 +76,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "notifications.context_processors.unread_notifications",
             ],
         },
     },
@@ -311,7 +312,10 @@ JOBS_IDEMPOTENCY_KEY_RETENTION_DAYS = env.int("JOBS_IDEMPOTENCY_KEY_RETENTION_DA
 # whose items take longer passes its own chunk_size to batch_start.
 JOBS_BATCH_CHUNK_SIZE = env.int("JOBS_BATCH_CHUNK_SIZE", default=500)
 # Global limits for calls to outside providers, shared by every worker: "20/s", "600/m".
-JOBS_RATE_LIMITS = env.dict("JOBS_RATE_LIMITS", default={"smtp": "20/s", "push": "50/s"})
+JOBS_RATE_LIMITS = env.dict(
+    "JOBS_RATE_LIMITS",
+    default={"smtp": "20/s", "webpush": "50/s", "fcm": "50/s", "apns": "50/s"},
+)
 # Only one beat sends periodic tasks: every beat competes for this Redis lock, and only its holder
 # schedules (jobs/beat.py). The holder renews it on every tick, at least every 5 s
 # (CELERY_BEAT_MAX_LOOP_INTERVAL); a holder killed without releasing it is replaced once it
@@ -377,6 +381,29 @@ REPORT_MAX_RESUMES = env.int("REPORT_MAX_RESUMES", default=3)
 # in 24 hours: each costs a render, and a loop of requests for past periods would otherwise keep
 # the reports queue busy for everyone.
 REPORT_REQUESTS_PER_DAY = env.int("REPORT_REQUESTS_PER_DAY", default=20)
+# Web Push (notifications/): the VAPID key pair (base64url; `python manage.py vapid_keys`
+# makes one), and whom a push service should contact about our messages (a mailto: or https:
+# URL). Without the keys, Web Push is off: devices cannot subscribe.
+VAPID_PUBLIC_KEY = env.str("VAPID_PUBLIC_KEY", default="")
+VAPID_PRIVATE_KEY = env.str("VAPID_PRIVATE_KEY", default="")
+VAPID_SUBJECT = env.str("VAPID_SUBJECT", default="mailto:admin@example.com")
+# The hosts our workers may POST a Web Push message to (a subscription's endpoint is a URL any
+# client sends us): the push services of Chrome, Firefox, Edge and Safari. `*.name` allows any
+# name under it; `host:port` another port than 443 (notifications/endpoints.py).
+WEBPUSH_ALLOWED_HOSTS = env.list(
+    "WEBPUSH_ALLOWED_HOSTS",
+    default=[
+        "fcm.googleapis.com",
+        "updates.push.services.mozilla.com",
+        "*.notify.windows.com",
+        "web.push.apple.com",
+    ],
+)
+# Only for a push service of one's own on a private network (and the tests, on 127.0.0.1): by
+# default a connection that reaches a non-public address is refused before the request is sent.
+WEBPUSH_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBPUSH_ALLOW_PRIVATE_ADDRESSES", default=False)
+# A CA bundle for the push services' certificates, when the system's is not the one to use.
+WEBPUSH_CA_BUNDLE = env.str("WEBPUSH_CA_BUNDLE", default="")
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web
 # refuses to start with DEBUG off until it is set ("none": clients connect directly), because

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts.urls import api_urlpatterns as accounts_api
 from jobs import views as jobs_views
 from media.urls import api_urlpatterns as media_api
+from notifications.urls import api_urlpatterns as notifications_api
 from reports.urls import api_urlpatterns as reports_api
 
 urlpatterns = [
@@ -16,8 +17,10 @@ urlpatterns = [
     path("api/v1/", include((accounts_api, "accounts-api"))),
     path("api/v1/", include((media_api, "media-api"))),
     path("api/v1/", include((reports_api, "reports-api"))),
+    path("api/v1/", include((notifications_api, "notifications-api"))),
     path("", include("media.urls")),
     path("", include("reports.urls")),
+    path("", include("notifications.urls")),
     path("admin/", admin.site.urls),
     path("", include("accounts.urls")),
 ]

@@ -56,8 +56,10 @@ from media.models import Upload, UploadVariant, processing_deadline
 
 logger = logging.getLogger(__name__)
 
-# Sent once per upload when it is ready: the notifications app connects here (kwargs: upload).
+# Sent once per upload when it is ready (kwargs: upload), and when it fails (upload, reason), in
+# the transaction that records it: the notifications app connects here.
 upload_ready = Signal()
+upload_failed = Signal()
 
 # Share of the progress bar the normalize step stands for; the variants split the rest.
 NORMALIZED_PROGRESS = 20
@@ -617,9 +619,22 @@ def upload_notify(*, upload_id: str) -> None:
 
 
 def upload_fail(*, upload_id: str, reason: str) -> None:
-    Upload.objects.filter(pk=upload_id).exclude(status=Upload.Status.READY).update(
-        status=Upload.Status.FAILED, error=reason[:2000], updated_at=timezone.now()
-    )
+    """Fail the upload with a reason (a ready one stays ready), and announce it the first time:
+    a second step of its canvas failing too only rewrites the reason."""
+    with transaction.atomic():
+        upload = (
+            Upload.objects.select_for_update()
+            .filter(pk=upload_id)
+            .exclude(status=Upload.Status.READY)
+            .first()
+        )
+        if upload is None:
+            return
+        Upload.objects.filter(pk=upload.pk).update(
+            status=Upload.Status.FAILED, error=reason[:2000], updated_at=timezone.now()
+        )
+        if upload.status in UNFINISHED:
+            upload_failed.send(sender=Upload, upload=upload, reason=reason)
 
 
 def upload_reprocess(*, upload: Upload) -> None:

@@ -85,6 +85,7 @@ class ScheduleView(APIView):
 
 class ReportListCreateView(ListAPIView):
     serializer_class = ReportSerializer
+    rate_limited_methods = ("POST",)  # new reports per account and day
 
     def get_queryset(self):
         return selectors.reports_owned(user=self.request.user)

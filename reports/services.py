@@ -31,11 +31,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.emails import email_delivery_create
 from accounts.models import EmailDelivery, User
 from jobs.batches import batch_start
 from jobs.brokers import messages_waiting
 from jobs.outbox import enqueue
+from notifications.models import Kind
+from notifications.services import NotificationEmail, notification_send
 from reports import rendering
 from reports.models import Frequency, Report, ReportRun, ReportSchedule, report_deadline
 from reports.periods import (
@@ -501,23 +502,34 @@ def report_render(*, report_id: str) -> bool:
                 path.unlink(missing_ok=True)
             return False
         attachment = _attachment_of(report, size=len(rendered.pdf))
-        email_delivery_create(
-            kind=EmailDelivery.Kind.REPORT_READY,
-            recipient=report.user.email,
+        notification_send(
             user=report.user,
-            context={
-                "report": report,
-                "period": period,
-                "attachment": attachment,
-                "retention_days": settings.REPORT_RETENTION_DAYS,
-            },
-            attachment=attachment,
+            kind=Kind.REPORT_READY,
+            title=f"Your {report.frequency} activity report is ready",
+            body=f"{_days_of(period)}, in {period.timezone}.",
+            data={"report_id": str(report.pk)},
+            email=NotificationEmail(
+                kind=EmailDelivery.Kind.REPORT_READY,
+                context={
+                    "report": report,
+                    "period": period,
+                    "attachment": attachment,
+                    "retention_days": settings.REPORT_RETENTION_DAYS,
+                },
+                attachment=attachment,
+            ),
         )
     # What renders of it cut short left (a killed process): any render still running finds the
     # report ready when it tries to record it.
     for leftover in path.parent.glob(f"{report.pk}.*.partial"):
         leftover.unlink(missing_ok=True)
     return True
+
+
+def _days_of(period: Period) -> str:
+    if period.first_day == period.last_day:
+        return f"{period.first_day:%d %B %Y}"
+    return f"{period.first_day:%d %B %Y} to {period.last_day:%d %B %Y}"
 
 
 def _attachment_of(report: Report, *, size: int) -> str:

@@ -1,5 +1,5 @@
 """Fixtures every test module may use: `redis_server`, `broker_server`, `celery_worker`,
-`start_worker`."""
+`start_worker`, `smtp`, `push_service`."""
 
 from collections.abc import Callable, Iterator
 
@@ -7,7 +7,17 @@ import pytest
 
 from config.celery import app
 from jobs.redis import redis_circuit
-from tests.harness import RABBITMQ_PORT, REDIS_PORT, SESSION_DIR, SMTP_PORT, TEST_BROKER
+from tests.harness import (
+    PUSH_CERT,
+    PUSH_KEY,
+    PUSH_PORT,
+    RABBITMQ_PORT,
+    REDIS_PORT,
+    SESSION_DIR,
+    SMTP_PORT,
+    TEST_BROKER,
+)
+from tests.notifications.push_service import PushService
 from tests.services import (
     BeatProcess,
     FlowerProcess,
@@ -49,6 +59,21 @@ def _session_smtp() -> Iterator[SmtpServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_push_service() -> Iterator[PushService]:
+    service = PushService(port=PUSH_PORT, cert=PUSH_CERT, key=PUSH_KEY).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def push_service(_session_push_service: PushService) -> PushService:
+    """The Web Push service every worker pushes to (WEBPUSH_ALLOWED_HOSTS), empty at the start,
+    answering 201 until a test scripts other answers."""
+    _session_push_service.reset()
+    return _session_push_service
 
 
 @pytest.fixture

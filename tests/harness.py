@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from notifications.vapid import vapid_keys_generate
+from tests.notifications.push_service import certificate_make
 from tests.processes import free_port
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="celery-saas-tests-"))
@@ -27,6 +29,10 @@ TEST_BROKER = os.environ.get("TEST_BROKER", "redis")
 if TEST_BROKER not in {"redis", "rabbitmq"}:
     raise SystemExit(f"TEST_BROKER must be redis or rabbitmq, not {TEST_BROKER!r}")
 RABBITMQ_PORT = free_port()
+# The session's Web Push service (tests/notifications/push_service.py), and our VAPID keys.
+PUSH_PORT = free_port()
+PUSH_CERT, PUSH_KEY = certificate_make(SESSION_DIR)
+VAPID = vapid_keys_generate()
 BROKER_URL = (
     f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//" if TEST_BROKER == "rabbitmq" else REDIS_URL
 )
@@ -53,6 +59,14 @@ os.environ.update(
         # Retry waits in seconds, not minutes: the same backoff shape, at a test's pace.
         "JOBS_RETRY_BASE_SECONDS": "0.5",
         "JOBS_RETRY_MAX_SECONDS": "8",
+        # Web Push to the session's push service only, on 127.0.0.1 with a certificate of its
+        # own (notifications/endpoints.py refuses both by default).
+        "VAPID_PUBLIC_KEY": VAPID.public_key,
+        "VAPID_PRIVATE_KEY": VAPID.private_key,
+        "VAPID_SUBJECT": "mailto:ops@example.com",
+        "WEBPUSH_ALLOWED_HOSTS": f"127.0.0.1:{PUSH_PORT}",
+        "WEBPUSH_ALLOW_PRIVATE_ADDRESSES": "1",
+        "WEBPUSH_CA_BUNDLE": str(PUSH_CERT),
     }
 )
 

@@ -73,9 +73,14 @@ include-path = [
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
 
 # A report's period must have ended, and not before the account began: dates a schema can
-# bound only by today's date, which it does not know.
+# bound only by today's date, which it does not know. A push endpoint must be on an allowed
+# push service's host; a deletion's email cannot be switched off.
 [[operations]]
-include-name = "POST /api/v1/reports"
+include-name = [
+    "POST /api/v1/reports",
+    "POST /api/v1/devices",
+    "PUT /api/v1/notifications/preferences",
+]
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
 
 # An upload must be a non-empty image in an accepted format (400, 415); the schema says binary.
@@ -214,9 +219,18 @@ def test_the_schema_lists_every_error_answer_each_operation_can_give(client):
         "GET /api/v1/reports/schedule": ["200", "401"],
         "PUT /api/v1/reports/schedule": sorted(["200", *body, *session]),
         "GET /api/v1/reports": ["200", "401", "404"],
-        "POST /api/v1/reports": sorted(["202", *body, *session]),
+        "POST /api/v1/reports": sorted(["202", *body, *session, *limited]),
         "GET /api/v1/reports/{report_id}": ["200", "401", "404"],
         "GET /api/v1/reports/{report_id}/download": ["200", "401", "404"],
+        "GET /api/v1/notifications": ["200", "401", "404"],
+        "POST /api/v1/notifications/read-all": sorted(["204", *session]),
+        "POST /api/v1/notifications/{notification_id}/read": sorted(["204", *session, "404"]),
+        "GET /api/v1/notifications/preferences": ["200", "401"],
+        "PUT /api/v1/notifications/preferences": sorted(["200", *body, *session]),
+        "GET /api/v1/devices/webpush-key": ["200", "401", "404"],
+        "GET /api/v1/devices": ["200", "401", "404"],
+        "POST /api/v1/devices": sorted(["200", "201", *body, *session]),
+        "DELETE /api/v1/devices/{device_id}": sorted(["204", *session, "404"]),
     }
     # and every error answer has the one error body, a 429 its Retry-After header
     for name, operation in operations.items():

@@ -1,0 +1,292 @@
+"""Notifications: one call writes a person's inbox row and queues its push and email deliveries.
+
+    notification_send(user=user, kind=Kind.REPORT_READY, title="Your report is ready",
+                      body="...", data={"report_id": "..."}, email=NotificationEmail(...))
+
+In the caller's transaction: the inbox row, one `PushDelivery` per enabled device (a status row
+and its task, durably enqueued) when the person has push on for that kind, and the email (the
+accounts email path: status rows, retries) when they have email on. A person always has the
+inbox; push and email per kind are theirs to choose (`channel_preferences_set`), except the
+email of what concerns their account's deletion, which always goes.
+
+A push delivery is sent at most once: its row moves queued -> sending -> sent | failed |
+unknown, and a delivery found `sending` (its worker died mid-send) is not sent again but marked
+unknown, for a person to judge. What the push service answers decides the rest
+(notifications/providers.py): gone (404, 410) disables the device for good; busy (429, 5xx) is
+retried no sooner than its Retry-After; anything else fails at once, as a dead letter.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.emails import email_delivery_create
+from accounts.models import EmailDelivery, User
+from jobs.outbox import enqueue
+from jobs.retry import OutcomeUnknown, PermanentError, TransientError
+from notifications import providers
+from notifications.endpoints import EndpointRefused, webpush_endpoint_checked
+from notifications.models import ChannelPreference, Device, Kind, Notification, PushDelivery
+
+logger = logging.getLogger(__name__)
+
+
+class NotificationRefused(ValueError):
+    """A preference or device that cannot be stored; the message says why."""
+
+
+@dataclass(frozen=True)
+class Channels:
+    push: bool
+    email: bool
+
+
+# What a person gets until they choose: the inbox always; push when something they started has
+# finished; email for a report (it carries the PDF) and for their account's deletion.
+DEFAULT_CHANNELS = {
+    Kind.UPLOAD_READY: Channels(push=True, email=False),
+    Kind.UPLOAD_FAILED: Channels(push=True, email=False),
+    Kind.REPORT_READY: Channels(push=True, email=True),
+    Kind.DELETION_SCHEDULED: Channels(push=False, email=True),
+    Kind.DELETION_CANCELLED: Channels(push=False, email=True),
+    Kind.ANNOUNCEMENT: Channels(push=False, email=False),
+}
+# Kinds whose email cannot be switched off: a deletion someone else started in the person's
+# name (a stolen session) must reach their mailbox, whatever was chosen in that session.
+EMAIL_ALWAYS = frozenset({Kind.DELETION_SCHEDULED, Kind.DELETION_CANCELLED})
+
+
+@dataclass(frozen=True)
+class NotificationEmail:
+    """The email a kind sends when its email channel is on: an accounts email kind with its
+    context (and attachment). Without one, the generic notification email."""
+
+    kind: str
+    context: dict
+    attachment: str = ""
+
+
+# --- preferences ----------------------------------------------------------------------------
+
+
+def channel_preferences_of(*, user: User) -> dict[str, Channels]:
+    chosen = {
+        choice.kind: Channels(push=choice.push, email=choice.email)
+        for choice in ChannelPreference.objects.filter(user=user)
+    }
+    return {kind: chosen.get(kind, DEFAULT_CHANNELS[kind]) for kind in Kind.values}
+
+
+def channel_preferences_set(*, user: User, choices: dict[str, Channels]) -> dict[str, Channels]:
+    """Store the person's choices for the kinds given (others keep theirs)."""
+    for kind, channels in choices.items():
+        if kind not in Kind.values:
+            raise NotificationRefused(f"{kind!r} is not a kind of notification.")
+        if kind in EMAIL_ALWAYS and not channels.email:
+            raise NotificationRefused(
+                f"The email about {Kind(kind).label} always goes: it is how you learn of it if "
+                "someone else did it."
+            )
+    with transaction.atomic():
+        for kind, channels in choices.items():
+            ChannelPreference.objects.update_or_create(
+                user=user, kind=kind, defaults={"push": channels.push, "email": channels.email}
+            )
+    return channel_preferences_of(user=user)
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+def notification_send(
+    *,
+    user: User,
+    kind: str,
+    title: str,
+    body: str = "",
+    data: dict | None = None,
+    email: NotificationEmail | None = None,
+) -> Notification:
+    """Write the inbox row and queue its deliveries, in the caller's transaction."""
+    from notifications import tasks  # the task module imports this one
+
+    with transaction.atomic():
+        notification = Notification.objects.create(
+            user=user, kind=kind, title=title[:200], body=body[:2000], data=data or {}
+        )
+        channels = channel_preferences_of(user=user)[kind]
+        if channels.push:
+            for device in Device.objects.filter(user=user, disabled_at__isnull=True):
+                delivery = PushDelivery.objects.create(notification=notification, device=device)
+                enqueue(tasks.send_push, push_delivery_id=delivery.pk, platform=device.platform)
+        if channels.email or kind in EMAIL_ALWAYS:
+            chosen = email or NotificationEmail(
+                kind=EmailDelivery.Kind.NOTIFICATION, context={"notification": notification}
+            )
+            email_delivery_create(
+                kind=chosen.kind,
+                recipient=user.email,
+                user=user,
+                context=chosen.context,
+                attachment=chosen.attachment,
+            )
+    return notification
+
+
+def push_delivery_send(*, delivery_id: int) -> None:
+    """Push one queued delivery to its device. Calling it again for a settled one does nothing.
+
+    Raises TransientError (the task retries), PermanentError or OutcomeUnknown (the task
+    dead-letters)."""
+    with transaction.atomic():
+        delivery = (
+            PushDelivery.objects.select_for_update()
+            .select_related("notification", "device")
+            .filter(pk=delivery_id)
+            .first()
+        )
+        if delivery is None or delivery.status not in (
+            PushDelivery.Status.QUEUED,
+            PushDelivery.Status.SENDING,
+        ):
+            return  # erased, redelivered, or settled by a person
+        if delivery.status == PushDelivery.Status.SENDING:
+            # A worker died between starting this send and recording its answer: the service
+            # may have it. Sending again could show it twice.
+            _delivery_settle(delivery, PushDelivery.Status.UNKNOWN, "interrupted while sending")
+            return
+        if delivery.device.disabled_at is not None:
+            _delivery_settle(delivery, PushDelivery.Status.FAILED, "the device is disabled")
+            return
+        PushDelivery.objects.filter(pk=delivery.pk).update(
+            status=PushDelivery.Status.SENDING,
+            attempts=delivery.attempts + 1,
+            updated_at=timezone.now(),
+        )
+    try:
+        providers.push_send(delivery.device, payload=push_payload(delivery.notification))
+    except providers.DeviceGone as gone:
+        with transaction.atomic():
+            Device.objects.filter(pk=delivery.device_id, disabled_at__isnull=True).update(
+                disabled_at=timezone.now(), disabled_reason=str(gone)[:200]
+            )
+            _delivery_settle(delivery, PushDelivery.Status.FAILED, str(gone))
+        logger.info("device %s disabled: %s", delivery.device_id, gone)
+        return
+    except TransientError as error:
+        _delivery_settle(delivery, PushDelivery.Status.QUEUED, str(error))
+        raise
+    except OutcomeUnknown as error:
+        _delivery_settle(delivery, PushDelivery.Status.UNKNOWN, str(error))
+        raise
+    except (PermanentError, EndpointRefused) as error:
+        _delivery_settle(delivery, PushDelivery.Status.FAILED, str(error))
+        raise PermanentError(str(error)) from error
+    PushDelivery.objects.filter(pk=delivery.pk).update(
+        status=PushDelivery.Status.SENT,
+        last_error="",
+        sent_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+
+
+def push_delivery_give_up(*, delivery_id: int, reason: str) -> None:
+    """The task failed for good: a queued delivery failed; one stopped mid-send may have gone."""
+    for was, now in (
+        (PushDelivery.Status.QUEUED, PushDelivery.Status.FAILED),
+        (PushDelivery.Status.SENDING, PushDelivery.Status.UNKNOWN),
+    ):
+        PushDelivery.objects.filter(pk=delivery_id, status=was).update(
+            status=now, last_error=reason[:2000], updated_at=timezone.now()
+        )
+
+
+def _delivery_settle(delivery: PushDelivery, status: str, error: str) -> None:
+    PushDelivery.objects.filter(pk=delivery.pk).update(
+        status=status, last_error=error[:2000], updated_at=timezone.now()
+    )
+
+
+# A Web Push message holds at most 4,096 bytes once encrypted (RFC 8291); what is sent stays
+# well under, whatever the title and body: the inbox has the whole text.
+PUSH_BODY_CHARS = 500
+
+
+def push_payload(notification: Notification) -> bytes:
+    return json.dumps(
+        {
+            "id": str(notification.pk),
+            "kind": notification.kind,
+            "title": notification.title,
+            "body": notification.body[:PUSH_BODY_CHARS],
+            "data": notification.data,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+# --- the inbox ------------------------------------------------------------------------------
+
+
+def notification_read(*, user: User, notification_id) -> bool:
+    """Mark one of the person's notifications read; False if they have none with that id."""
+    mine = Notification.objects.filter(user=user, pk=notification_id)
+    if mine.filter(read_at__isnull=True).update(read_at=timezone.now()):
+        return True
+    return mine.exists()
+
+
+def notifications_read_all(*, user: User) -> int:
+    return Notification.objects.filter(user=user, read_at__isnull=True).update(
+        read_at=timezone.now()
+    )
+
+
+# --- devices --------------------------------------------------------------------------------
+
+
+# Devices an account keeps: each notification is pushed to every one of them, and the push
+# services' limits are shared by every account, so one account with thousands of registrations
+# would slow everyone's pushes. Past it, registering one forgets the oldest (browsers and apps
+# register again whenever they start, and a person rarely has ten).
+DEVICES_PER_ACCOUNT = 10
+
+
+def device_register(
+    *, user: User, platform: str, address: str, keys: dict | None = None
+) -> tuple[Device, bool]:
+    """Store a device (or find the same one stored before, enabled again); the device and
+    whether it is new. Refuses what the platform's rule refuses (NotificationRefused)."""
+    if platform != Device.Platform.WEBPUSH:
+        raise NotificationRefused(f"{platform} is not configured on this server.")
+    if not providers.webpush_configured():
+        raise NotificationRefused("Web Push is not configured on this server.")
+    try:
+        webpush_endpoint_checked(address)
+        providers.webpush_keys_checked(keys or {})
+    except (EndpointRefused, ValueError) as refusal:
+        raise NotificationRefused(str(refusal)) from refusal
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                device = Device.objects.create(
+                    user=user, platform=platform, address=address, keys=keys
+                )
+            made = True
+        except IntegrityError:
+            device = Device.objects.get(user=user, platform=platform, address=address)
+            Device.objects.filter(pk=device.pk).update(
+                keys=keys, disabled_at=None, disabled_reason=""
+            )
+            device.refresh_from_db()
+            made = False
+        beyond = Device.objects.filter(user=user).values_list("pk", flat=True)[DEVICES_PER_ACCOUNT:]
+        Device.objects.filter(pk__in=list(beyond)).delete()
+    return device, made
+
+
+def device_delete(*, user: User, device_id) -> bool:
+    return Device.objects.filter(user=user, pk=device_id).delete()[0] > 0

@@ -1,0 +1,24 @@
+// The service worker a browser runs for our push messages: each one, decrypted by the browser,
+// is shown as a system notification, and the open pages are told (their unread count updates).
+"use strict";
+
+self.addEventListener("push", (event) => {
+  const message = event.data ? event.data.json() : { title: "New notification", body: "" };
+  event.waitUntil(
+    Promise.all([
+      self.registration.showNotification(message.title, {
+        body: message.body,
+        tag: message.id,
+        data: message,
+      }),
+      self.clients
+        .matchAll({ type: "window" })
+        .then((pages) => pages.forEach((page) => page.postMessage({ notification: message }))),
+    ]),
+  );
+});
+
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close();
+  event.waitUntil(self.clients.openWindow("/notifications"));
+});
