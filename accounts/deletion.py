@@ -168,9 +168,10 @@ def account_erasure_order(*, user: User) -> bool:
 
 
 def account_access_end(*, user: User) -> None:
-    """End every session and API token of the account, now."""
+    """End every session and API token of the account, and forget its push devices, now."""
     AccountSession.objects.filter(account_id=user.pk).delete()
     ApiToken.objects.filter(user=user).delete()
+    user.devices.all().delete()
 
 
 # --- queueing the erasure -------------------------------------------------------------------

@@ -186,6 +186,8 @@ def password_reset_confirm(*, token: str, password: str) -> User:
         # Every session carries a hash of the password it logged in with, which Django checks
         # on each request: they all end now. API tokens carry nothing, so they are deleted.
         user.api_tokens.all().delete()
+        # Pushes too: a browser that a thief's session subscribed would go on receiving them.
+        user.devices.all().delete()
         # Proving the mailbox is proof enough: whoever locked the address out by failing on
         # purpose no longer keeps its owner out.
         throttling.login_failures_clear(email=user.email)

@@ -115,7 +115,7 @@ class PreferencesView(APIView):
                 },
             )
         except services.NotificationRefused as refusal:
-            raise exceptions.ValidationError({"email": [str(refusal)]}) from None
+            raise exceptions.ValidationError({refusal.field: [str(refusal)]}) from None
         return Response(_preferences_body(chosen))
 
 

@@ -56,6 +56,9 @@ def webpush_keys_checked(keys: dict) -> dict:
         ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), receiver)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError("subscription keys: p256dh must be a P-256 public key.") from error
+    if len(receiver) != 65:
+        # What browsers send, and the only form the encryption takes (RFC 8291).
+        raise ValueError("subscription keys: p256dh must be an uncompressed P-256 point.")
     if len(auth) != 16:
         raise ValueError("subscription keys: auth must be 16 bytes.")
     return keys
@@ -82,7 +85,11 @@ def _webpush_send(device, payload: bytes) -> None:
         "aud": f"{parts.scheme}://{parts.netloc}",
         "exp": int(time.time()) + VAPID_VALID_SECONDS,
     }
-    headers = Vapid.from_string(private_key=settings.VAPID_PRIVATE_KEY).sign(claims)
+    try:
+        headers = Vapid.from_string(private_key=settings.VAPID_PRIVATE_KEY).sign(claims)
+    except Exception as error:
+        # Nothing was sent: a key that cannot sign is the operator's to fix.
+        raise PermanentError(f"VAPID_PRIVATE_KEY cannot sign: {error}") from error
     session = PushSession()
     if settings.WEBPUSH_CA_BUNDLE:
         session.verify = settings.WEBPUSH_CA_BUNDLE
@@ -96,7 +103,8 @@ def _webpush_send(device, payload: bytes) -> None:
             timeout=PUSH_TIMEOUTS,
         )
     except WebPushException as error:
-        raise PermanentError(f"the subscription cannot be used: {error}") from error
+        # Its keys cannot encrypt a message: no send to it can ever work.
+        raise DeviceGone(f"the subscription cannot be used: {error}") from error
     except requests.exceptions.SSLError as error:
         # A certificate that does not verify does not start verifying by itself.
         raise PermanentError(f"the push service's TLS failed: {error}") from error

@@ -35,7 +35,11 @@ logger = logging.getLogger(__name__)
 
 
 class NotificationRefused(ValueError):
-    """A preference or device that cannot be stored; the message says why."""
+    """A preference or device that cannot be stored; the message says why, `field` of what."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,12 @@ def channel_preferences_set(*, user: User, choices: dict[str, Channels]) -> dict
     """Store the person's choices for the kinds given (others keep theirs)."""
     for kind, channels in choices.items():
         if kind not in Kind.values:
-            raise NotificationRefused(f"{kind!r} is not a kind of notification.")
+            raise NotificationRefused(f"{kind!r} is not a kind of notification.", field=kind)
         if kind in EMAIL_ALWAYS and not channels.email:
             raise NotificationRefused(
                 f"The email about {Kind(kind).label} always goes: it is how you learn of it if "
-                "someone else did it."
+                "someone else did it.",
+                field=kind,
             )
     with transaction.atomic():
         for kind, channels in choices.items():
@@ -137,7 +142,8 @@ def notification_send(
 
 
 def push_delivery_send(*, delivery_id: int) -> None:
-    """Push one queued delivery to its device. Calling it again for a settled one does nothing.
+    """Push one queued (or failed, re-driven) delivery to its device. Calling it again for one
+    sent, or that may have been, does nothing.
 
     Raises TransientError (the task retries), PermanentError or OutcomeUnknown (the task
     dead-letters)."""
@@ -151,8 +157,10 @@ def push_delivery_send(*, delivery_id: int) -> None:
         if delivery is None or delivery.status not in (
             PushDelivery.Status.QUEUED,
             PushDelivery.Status.SENDING,
+            # Not delivered: a person re-drove its dead letter, and it goes again.
+            PushDelivery.Status.FAILED,
         ):
-            return  # erased, redelivered, or settled by a person
+            return  # erased, sent, or may have been sent (unknown): never again by itself
         if delivery.status == PushDelivery.Status.SENDING:
             # A worker died between starting this send and recording its answer: the service
             # may have it. Sending again could show it twice.
@@ -210,9 +218,12 @@ def _delivery_settle(delivery: PushDelivery, status: str, error: str) -> None:
     )
 
 
-# A Web Push message holds at most 4,096 bytes once encrypted (RFC 8291); what is sent stays
-# well under, whatever the title and body: the inbox has the whole text.
-PUSH_BODY_CHARS = 500
+# A Web Push message holds at most 4,096 bytes once encrypted (RFC 8291: 3,993 of payload).
+# Title and body are cut to these many bytes of UTF-8 (an emoji takes four), so the message
+# stays under whatever they hold: the inbox has the whole text. `data` is the product's own, a
+# few ids.
+PUSH_TITLE_BYTES = 300
+PUSH_BODY_BYTES = 1000
 
 
 def push_payload(notification: Notification) -> bytes:
@@ -220,12 +231,18 @@ def push_payload(notification: Notification) -> bytes:
         {
             "id": str(notification.pk),
             "kind": notification.kind,
-            "title": notification.title,
-            "body": notification.body[:PUSH_BODY_CHARS],
+            "title": _cut(notification.title, PUSH_TITLE_BYTES),
+            "body": _cut(notification.body, PUSH_BODY_BYTES),
             "data": notification.data,
         },
         separators=(",", ":"),
+        ensure_ascii=False,
     ).encode()
+
+
+def _cut(text: str, most_bytes: int) -> str:
+    """The text, cut to at most `most_bytes` of UTF-8 between two characters."""
+    return text.encode()[:most_bytes].decode(errors="ignore")
 
 
 # --- the inbox ------------------------------------------------------------------------------
@@ -265,7 +282,7 @@ def device_register(
     if not providers.webpush_configured():
         raise NotificationRefused("Web Push is not configured on this server.")
     try:
-        webpush_endpoint_checked(address)
+        address = webpush_endpoint_checked(address)
         providers.webpush_keys_checked(keys or {})
     except (EndpointRefused, ValueError) as refusal:
         raise NotificationRefused(str(refusal)) from refusal
@@ -285,6 +302,9 @@ def device_register(
             made = False
         beyond = Device.objects.filter(user=user).values_list("pk", flat=True)[DEVICES_PER_ACCOUNT:]
         Device.objects.filter(pk__in=list(beyond)).delete()
+        # A browser's subscription belongs to whoever registered it last: on a shared computer
+        # the next person to log in and subscribe must not get the last one's notifications.
+        Device.objects.filter(platform=platform, address=address).exclude(user=user).delete()
     return device, made
 
 

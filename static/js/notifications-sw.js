@@ -12,7 +12,8 @@ self.addEventListener("push", (event) => {
         data: message,
       }),
       self.clients
-        .matchAll({ type: "window" })
+        // Every page of the site, not only those in the worker's scope (/static/js/).
+        .matchAll({ type: "window", includeUncontrolled: true })
         .then((pages) => pages.forEach((page) => page.postMessage({ notification: message }))),
     ]),
   );

@@ -3,9 +3,12 @@ worker to the session's HTTPS push service, which decrypts it with the subscript
 and checks our VAPID signature; what the service answers decides the rest
 (notifications/services.py, providers.py, endpoints.py)."""
 
+import json
 import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -13,13 +16,14 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.services import api_token_create
+from jobs.deadletters import dead_letter_redrive
 from jobs.models import DeadLetter
 from jobs.retry import PermanentError
 from notifications import providers, services
-from notifications.endpoints import EndpointRefused
+from notifications.endpoints import EndpointRefused, address_is_public
 from notifications.models import Device, Kind, PushDelivery
 from tests.media.images_for_tests import jpeg
-from tests.notifications.push_service import vapid_claims_verified
+from tests.notifications.push_service import b64url, vapid_claims_verified
 from tests.services import eventually
 
 
@@ -137,6 +141,14 @@ def endpoint(url: str):
     return lambda subscription, port: {**subscription, "endpoint": url.format(port=port)}
 
 
+# A valid P-256 public key in the compressed form, which the encryption cannot use.
+COMPRESSED_POINT = b64url(
+    ec.generate_private_key(ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+)
+
+
 def keys(**changed):
     return lambda subscription, port: {
         **subscription,
@@ -156,14 +168,19 @@ def keys(**changed):
         (endpoint("https://user:pw@127.0.0.1:{port}/x"), "password"),
         (endpoint("https://127.0.0.1:{port}/" + "x" * 2100), "2048"),
         (endpoint("not a url"), "https"),
+        (endpoint("https://evil.example\\.127.0.0.1:{port}/x"), "plain ASCII"),
+        (endpoint("https://127.0.0.1:{port}/pushé"), "plain ASCII"),
+        (endpoint("https://127.0.0.1:{port}/" + "推" * 2000), "plain ASCII"),
         (keys(p256dh="AAAA"), "P-256"),
         (keys(auth="AAAA"), "16 bytes"),
         (keys(p256dh="<script>"), "pattern"),
+        (keys(p256dh=COMPRESSED_POINT), "uncompressed"),
         (lambda subscription, port: {"endpoint": subscription["endpoint"]}, "keys: This field"),
         (lambda subscription, port: "a string", "dictionary"),
     ],
     ids=["http", "other-host", "metadata", "private", "other-port", "credentials", "too-long",
-         "not-a-url", "bad-point", "bad-auth", "not-base64url", "no-keys", "not-an-object"],
+         "not-a-url", "backslash", "non-ascii", "long-non-ascii", "bad-point", "bad-auth",
+         "not-base64url", "compressed-point", "no-keys", "not-an-object"],
 )  # fmt: skip
 def test_a_subscription_we_would_not_send_to_is_refused_with_400(push_service, change, says):
     _, app = person()
@@ -266,3 +283,91 @@ def test_a_delivery_whose_worker_died_mid_send_is_not_sent_again(push_service):
     delivery.refresh_from_db()
     assert delivery.status == PushDelivery.Status.UNKNOWN
     assert push_service.received == []
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("64:ff9b::808:808", True),  # NAT64 of a public address
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("10.1.2.3", False),
+        ("100.64.0.1", False),  # shared address space (carrier NAT)
+        ("::1", False),
+        ("fe80::1", False),
+        ("::ffff:169.254.169.254", False),  # IPv4-mapped
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of the metadata address
+        ("2002:a9fe:a9fe::1", False),  # 6to4 of it
+        ("224.0.0.1", False),
+    ],
+)
+def test_only_addresses_that_reach_the_internet_count_as_public(address, public):
+    assert address_is_public(address) is public
+
+
+@pytest.mark.django_db
+def test_a_browser_belongs_to_the_last_account_that_subscribed_it_and_a_reset_forgets_them(
+    push_service,
+):
+    # given a shared computer's browser, subscribed by one person, then by another
+    _, first_app = person("first@example.com")
+    second, second_app = person("second@example.com")
+    browser = push_service.subscription().as_json()
+    assert subscribe(first_app, browser).status_code == 201
+    assert subscribe(second_app, browser).status_code == 201
+    # then it gets only the second person's pushes
+    assert list(Device.objects.values_list("user", flat=True)) == [second.pk]
+    # and when the second person resets their password, their devices go
+    from accounts import tokens
+    from accounts.services import password_reset_confirm
+
+    second.refresh_from_db()  # the token is bound to the account's state as it is now
+    token = tokens.token_make(purpose=tokens.PURPOSE_RESET, user=second)
+    password_reset_confirm(token=token, password="a new passphrase 7")
+    assert not Device.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_payload_stays_under_what_a_push_service_takes_whatever_the_text():
+    # given a notification whose title and body are as long as the inbox keeps, in emoji
+    user = get_user_model().objects.create_user("emoji@example.com", "x" * 12)
+    notification = services.Notification(
+        user=user, kind=Kind.ANNOUNCEMENT, title="🎉" * 200, body="🦄" * 2000, data={"id": "1"}
+    )
+    # then its push payload stays under RFC 8291's 3,993 bytes, cut between characters
+    payload = services.push_payload(notification)
+    assert len(payload) < 3993
+    message = json.loads(payload)
+    assert set(message["title"]) == {"🎉"} and set(message["body"]) == {"🦄"}
+
+
+def test_a_failed_push_whose_dead_letter_is_re_driven_goes_out(celery_worker, push_service):
+    # given a push the service refused, dead-lettered
+    user, app = person()
+    browser = push_service.subscription()
+    assert subscribe(app, browser.as_json()).status_code == 201
+    push_service.answer_next(400)
+    services.notification_send(user=user, kind=Kind.UPLOAD_READY, title="again")
+    delivery_settled(PushDelivery.Status.FAILED)
+    letter = eventually(
+        lambda: DeadLetter.objects.filter(task_name="notifications.send_push").first()
+    )
+    # when a person re-drives it, and the service accepts it this time
+    dead_letter_redrive(dead_letter_id=letter.pk, by="ops@example.com")
+    # then it is sent
+    delivery = delivery_settled(PushDelivery.Status.SENT)
+    assert delivery.attempts == 2
+    assert browser.decrypt(push_service.received[-1].body)["title"] == "again"
+
+
+@pytest.mark.django_db
+def test_one_subscription_spelled_two_ways_is_one_device(push_service):
+    _, app = person()
+    browser = push_service.subscription().as_json()
+    respelled = {**browser, "endpoint": browser["endpoint"].replace("127.0.0.1", "127.0.0.1.")}
+    assert subscribe(app, browser).status_code == 201
+    assert subscribe(app, respelled).status_code == 200
+    assert list(Device.objects.values_list("address", flat=True)) == [browser["endpoint"]]
