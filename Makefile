@@ -8,10 +8,10 @@ run:
 	scripts/run.sh
 
 # The tests whose outcome depends on the broker: the job platform and the flows users see (the
-# signup email and its outages, the upload pipeline). `make test` runs everything on Redis, then
-# these again on RabbitMQ.
+# signup email and its outages, the upload pipeline, a broadcast whose worker is killed).
+# `make test` runs everything on Redis, then these again on RabbitMQ.
 BROKER_TESTS := tests/jobs tests/accounts/test_email_flow.py tests/accounts/test_outages.py \
-	tests/media/test_pipeline.py
+	tests/media/test_pipeline.py tests/notifications/test_announcements.py
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

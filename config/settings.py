@@ -381,6 +381,9 @@ REPORT_MAX_RESUMES = env.int("REPORT_MAX_RESUMES", default=3)
 # in 24 hours: each costs a render, and a loop of requests for past periods would otherwise keep
 # the reports queue busy for everyone.
 REPORT_REQUESTS_PER_DAY = env.int("REPORT_REQUESTS_PER_DAY", default=20)
+# Notifications are deleted this many days after they were made, with their push deliveries: an
+# inbox is news, and half a year of it is more than anyone scrolls back to.
+NOTIFICATION_RETENTION_DAYS = env.int("NOTIFICATION_RETENTION_DAYS", default=180)
 # Web Push (notifications/): the VAPID key pair (base64url; `python manage.py vapid_keys`
 # makes one), and whom a push service should contact about our messages (a mailto: or https:
 # URL). Without the keys, Web Push is off: devices cannot subscribe.
@@ -404,6 +407,24 @@ WEBPUSH_ALLOWED_HOSTS = env.list(
 WEBPUSH_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBPUSH_ALLOW_PRIVATE_ADDRESSES", default=False)
 # A CA bundle for the push services' certificates, when the system's is not the one to use.
 WEBPUSH_CA_BUNDLE = env.str("WEBPUSH_CA_BUNDLE", default="")
+# FCM, HTTP v1 API (notifications/fcm.py): a service account's JSON key file (Firebase console,
+# Project settings, Service accounts); without it, FCM is off: apps cannot register FCM tokens.
+# The project is the account's unless FCM_PROJECT_ID says otherwise. FCM_API_URL, and the
+# token_uri in the file, are where workers POST: set by the operator, never by a client.
+FCM_SERVICE_ACCOUNT_FILE = env.str("FCM_SERVICE_ACCOUNT_FILE", default="")
+FCM_PROJECT_ID = env.str("FCM_PROJECT_ID", default="")
+FCM_API_URL = env.str("FCM_API_URL", default="https://fcm.googleapis.com")
+# APNs with token-based auth (notifications/apns.py): the .p8 key from Apple's developer account,
+# its key id, the team id, and the app's bundle id (the topic). Without all four, APNs is off.
+# APNS_HOST: https://api.sandbox.push.apple.com for development builds of the app.
+APNS_KEY_FILE = env.str("APNS_KEY_FILE", default="")
+APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
+APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
+APNS_TOPIC = env.str("APNS_TOPIC", default="")
+APNS_HOST = env.str("APNS_HOST", default="https://api.push.apple.com")
+# A CA bundle for FCM's, Google's token endpoint's and APNs' certificates, when the system's is
+# not the one to use (the tests' stand-ins have a certificate of their own).
+PUSH_CA_BUNDLE = env.str("PUSH_CA_BUNDLE", default="")
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web
 # refuses to start with DEBUG off until it is set ("none": clients connect directly), because

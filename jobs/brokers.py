@@ -28,6 +28,7 @@ from celery.utils.time import maybe_make_aware
 from dateutil.parser import isoparse
 from django.conf import settings
 from kombu import Connection, Exchange, Queue
+from kombu.exceptions import OperationalError
 from kombu.message import Message
 from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
@@ -73,6 +74,26 @@ def messages_waiting(queue: str) -> int:
             return channel.queue_declare(queue=queue, passive=True).message_count
         except connection.channel_errors:
             return 0  # never declared, or (Redis) empty: its list does not exist
+
+
+def queue_drained(queue: str) -> bool:
+    """Whether `queue` holds no waiting message: then a job still waiting for its message past
+    its deadline has lost it. False when the broker cannot say (down, refusing), so a sweep that
+    asks acts only on a sure answer."""
+    from config.celery import app
+
+    with app.connection_for_read() as connection:
+        broker_errors = (
+            OperationalError,
+            OSError,
+            *connection.connection_errors,
+            *connection.channel_errors,
+        )
+    try:
+        return messages_waiting(queue) == 0
+    except broker_errors as error:
+        logger.warning("the broker could not say what waits in %s: %r", queue, error)
+        return False
 
 
 def work_queues() -> list[Queue]:

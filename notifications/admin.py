@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
-from notifications.models import Device, Notification, PushDelivery
+from notifications.announcements import announcement_publish
+from notifications.models import Announcement, Device, Notification, PushDelivery
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -37,3 +40,47 @@ class DeviceAdmin(ReadOnlyAdmin):
     list_filter = ["platform"]
     search_fields = ["user__email"]
     list_select_related = ["user"]
+
+
+@admin.register(Announcement)
+class AnnouncementAdmin(admin.ModelAdmin):
+    """Staff write an announcement here; saving it sends it to every active account. Once
+    written it is read-only: people have it in their inboxes as it was."""
+
+    list_display = ["title", "created_by", "created_at", "status", "progress"]
+    list_select_related = ["created_by", "batch"]
+    fields = ["title", "body"]
+    readonly_fields = ["created_by", "created_at", "status", "progress", "fan_out"]
+
+    def get_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        return self.fields + (self.readonly_fields if obj else [])
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # sent is sent: deleting the row would not take it back from the inboxes
+
+    def save_model(self, request: HttpRequest, obj: Announcement, form, change: bool) -> None:
+        published = announcement_publish(title=obj.title, body=obj.body, by=request.user)
+        obj.pk = published.pk
+        obj.refresh_from_db()
+
+    @admin.display(description="status")
+    def status(self, announcement: Announcement) -> str:
+        return announcement.batch.get_status_display() if announcement.batch else "-"
+
+    @admin.display(description="people reached")
+    def progress(self, announcement: Announcement) -> str:
+        batch = announcement.batch
+        if batch is None:
+            return "-"
+        failed = f", {batch.failed:,} failed" if batch.failed else ""
+        return f"{batch.done:,} of {batch.total:,} ({batch.progress} %){failed}"
+
+    @admin.display(description="fan-out")
+    def fan_out(self, announcement: Announcement) -> str:
+        if announcement.batch_id is None:
+            return "-"
+        url = reverse("admin:jobs_batch_change", args=[announcement.batch_id])
+        return format_html('<a href="{}">its batch, chunk by chunk</a>', url)

@@ -160,7 +160,9 @@ class DeviceRegistrationSerializer(serializers.Serializer):
     platform = serializers.ChoiceField(choices=Device.Platform.choices)
     subscription = SubscriptionSerializer(required=False, help_text="For webpush.")
     token = serializers.CharField(
-        required=False, max_length=MAX_TOKEN_CHARS, help_text="For fcm and apns."
+        required=False,
+        max_length=MAX_TOKEN_CHARS,
+        help_text="For fcm (the registration token) and apns (the device token, in hex).",
     )
 
     def validate(self, attrs: dict) -> dict:

@@ -7,8 +7,8 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from media.services import upload_failed, upload_ready
-        from notifications import announcements, checks  # noqa: F401 - checks registers them
+        from notifications import checks, receivers  # noqa: F401 - checks registers them
 
         # Connected here, not in media: media announces, and knows nothing of who listens.
-        upload_ready.connect(announcements.upload_ready_notify, dispatch_uid="notify-ready")
-        upload_failed.connect(announcements.upload_failed_notify, dispatch_uid="notify-failed")
+        upload_ready.connect(receivers.upload_ready_notify, dispatch_uid="notify-ready")
+        upload_failed.connect(receivers.upload_failed_notify, dispatch_uid="notify-failed")

@@ -31,9 +31,19 @@ class Notification(models.Model):
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=now)
     read_at = models.DateTimeField(null=True, blank=True)
+    # What a person gets at most once, whoever asks twice ("announcement:7" when a broadcast's
+    # chunk runs again); empty for the rest.
+    once_key = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "once_key"],
+                condition=~models.Q(once_key=""),
+                name="notifications_once",
+            ),
+        ]
         indexes = [
             models.Index(fields=["user", "-created_at"], name="notifications_inbox"),
             # The badge's question, asked on every page: how many unread?
@@ -42,6 +52,8 @@ class Notification(models.Model):
                 condition=models.Q(read_at__isnull=True),
                 name="notifications_unread",
             ),
+            # Pruning's question: which are past the retention?
+            models.Index(fields=["created_at"], name="notifications_by_age"),
         ]
 
     def __str__(self) -> str:
@@ -134,6 +146,37 @@ class PushDelivery(models.Model):
                 fields=["notification", "device"], name="notifications_push_once"
             ),
         ]
+        indexes = [
+            # The sweep's question, every few minutes: which queued ones have not moved?
+            models.Index(
+                fields=["updated_at"],
+                condition=models.Q(status="queued"),
+                name="notifications_push_queued",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"push of {self.notification_id} to {self.device_id} ({self.status})"
+
+
+class Announcement(models.Model):
+    """A message from staff to every active account, fanned out as a batch (jobs/batches.py):
+    each person gets it once in their inbox, and by push and email as they chose for
+    announcements."""
+
+    title = models.CharField(max_length=200)
+    body = models.TextField(max_length=2000, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=now)
+    # The fan-out: its counts are the progress, in people.
+    batch = models.OneToOneField(
+        "jobs.Batch", null=True, on_delete=models.SET_NULL, related_name="announcement"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,46 +1,31 @@
-"""Push services: what a send asks of them, and what their answers mean.
+"""Push services: what a send asks of them. What their answers mean is one rule for all
+(notifications/push_http.py); FCM's and APNs' adapters are notifications/fcm.py and apns.py.
 
 Web Push (RFC 8030, 8291, 8292): the payload encrypted for the subscription (`aes128gcm`) and
 signed for by our VAPID key, through pywebpush, over `endpoints.PushSession` (https to public
-peers only, no redirects). The answers, the same for every service:
-
-- 2xx: delivered to the service;
-- 404, 410: the subscription is gone (the person unsubscribed, the browser dropped it):
-  `DeviceGone`, and the device is never tried again;
-- 429, 5xx: busy or failing for now: TransientError, retried no sooner than its Retry-After;
-- anything else (400 malformed, 401/403 our VAPID key refused, 413 too large, a redirect):
-  PermanentError, a dead letter for a person;
-- no connection (refused, timed out while connecting): TransientError; the connection lost or
-  timed out after the request went out: OutcomeUnknown, never retried by itself; a certificate
-  that does not verify: PermanentError.
+peers only, no redirects). Gone: 404, 410, or keys that cannot encrypt; any other 4xx (400
+malformed, 401/403 our VAPID key refused, 413 too large) or a redirect is a PermanentError.
 """
 
 import base64
 import time
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
-from py_vapid import Vapid
+from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 from urllib3.exceptions import NewConnectionError
 
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError
+from notifications.apns import apns_configured, apns_send, apns_token_checked
 from notifications.endpoints import PushSession, webpush_endpoint_checked
+from notifications.fcm import fcm_configured, fcm_send, fcm_token_checked
+from notifications.push_http import PUSH_TIMEOUTS, PUSH_TTL_SECONDS, DeviceGone, answer_check
 
-# How long the service keeps a message for a browser that is offline, in seconds: a day, after
-# which "your upload is ready" is news no more (the inbox still has it).
-PUSH_TTL_SECONDS = 24 * 3600
-# (connect, read): a push service answers in well under a second.
-PUSH_TIMEOUTS = (5, 10)
 # A VAPID signature is valid for this long (RFC 8292 allows up to 24 h).
 VAPID_VALID_SECONDS = 12 * 3600
-
-
-class DeviceGone(Exception):
-    """The service says the device or subscription no longer exists."""
 
 
 def webpush_configured() -> bool:
@@ -68,16 +53,26 @@ def _padded(value: str) -> str:
     return value + "=" * (-len(value) % 4)
 
 
+def push_configured(platform: str) -> bool:
+    return _CONFIGURED[platform]()
+
+
+def device_token_checked(platform: str, token: str) -> str:
+    """An FCM or APNs token, if it has the platform's form, in one spelling; ValueError
+    otherwise."""
+    return _TOKEN_CHECKED[platform](token)
+
+
 def push_send(device, *, payload: bytes) -> None:
-    """Send the payload to the device through its platform's service; raises as above."""
-    if device.platform != "webpush":
-        raise PermanentError(f"{device.platform} is not configured on this server")
-    _webpush_send(device, payload)
+    """Send the payload (services.push_payload) to the device through its platform's service;
+    raises DeviceGone, TransientError, PermanentError or OutcomeUnknown (push_http.py)."""
+    if not push_configured(device.platform):
+        # Configured when the device registered, no longer: the operator's to fix.
+        raise PermanentError(f"{device.get_platform_display()} is not configured on this server")
+    _SEND[device.platform](device, payload)
 
 
 def _webpush_send(device, payload: bytes) -> None:
-    if not webpush_configured():
-        raise PermanentError("Web Push is not configured on this server (VAPID keys)")
     endpoint = webpush_endpoint_checked(device.address)
     parts = urlsplit(endpoint)
     claims = {
@@ -87,7 +82,7 @@ def _webpush_send(device, payload: bytes) -> None:
     }
     try:
         headers = Vapid.from_string(private_key=settings.VAPID_PRIVATE_KEY).sign(claims)
-    except Exception as error:
+    except (ValueError, TypeError, VapidException) as error:
         # Nothing was sent: a key that cannot sign is the operator's to fix.
         raise PermanentError(f"VAPID_PRIVATE_KEY cannot sign: {error}") from error
     session = PushSession()
@@ -118,7 +113,7 @@ def _webpush_send(device, payload: bytes) -> None:
         raise OutcomeUnknown(f"no answer after the request was sent: {error}") from error
     finally:
         session.close()
-    _answer_check(response)
+    answer_check(response, service="the push service", gone=response.status_code in (404, 410))
 
 
 def _before_sending(error: requests.ConnectionError) -> bool:
@@ -128,28 +123,6 @@ def _before_sending(error: requests.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError | ConnectionRefusedError)
 
 
-def _answer_check(response: requests.Response) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    said = f"{status} {response.reason}: {response.text[:300]}"
-    if status in (404, 410):
-        raise DeviceGone(f"the push service says the subscription is gone ({said})")
-    if status == 429 or status >= 500:
-        raise TransientError(
-            f"the push service is busy ({said})", retry_after=_retry_after(response)
-        )
-    raise PermanentError(f"the push service refused the message ({said})")
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    """The Retry-After header in seconds: a number of seconds, or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+_CONFIGURED = {"webpush": webpush_configured, "fcm": fcm_configured, "apns": apns_configured}
+_TOKEN_CHECKED = {"fcm": fcm_token_checked, "apns": apns_token_checked}
+_SEND = {"webpush": _webpush_send, "fcm": fcm_send, "apns": apns_send}

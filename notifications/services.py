@@ -19,12 +19,15 @@ retried no sooner than its Retry-After; anything else fails at once, as a dead l
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.emails import email_delivery_create
 from accounts.models import EmailDelivery, User
+from jobs.brokers import queue_drained
 from jobs.outbox import enqueue
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError
 from notifications import providers
@@ -114,13 +117,22 @@ def notification_send(
     body: str = "",
     data: dict | None = None,
     email: NotificationEmail | None = None,
+    once_key: str = "",
 ) -> Notification:
-    """Write the inbox row and queue its deliveries, in the caller's transaction."""
+    """Write the inbox row and queue its deliveries, in the caller's transaction.
+
+    With a `once_key`, the person gets it at most once: a second call with the same key raises
+    IntegrityError and leaves nothing behind (everything here is in one savepoint)."""
     from notifications import tasks  # the task module imports this one
 
     with transaction.atomic():
         notification = Notification.objects.create(
-            user=user, kind=kind, title=title[:200], body=body[:2000], data=data or {}
+            user=user,
+            kind=kind,
+            title=title[:200],
+            body=body[:2000],
+            data=data or {},
+            once_key=once_key,
         )
         channels = channel_preferences_of(user=user)[kind]
         if channels.push:
@@ -277,13 +289,15 @@ def device_register(
 ) -> tuple[Device, bool]:
     """Store a device (or find the same one stored before, enabled again); the device and
     whether it is new. Refuses what the platform's rule refuses (NotificationRefused)."""
-    if platform != Device.Platform.WEBPUSH:
-        raise NotificationRefused(f"{platform} is not configured on this server.")
-    if not providers.webpush_configured():
-        raise NotificationRefused("Web Push is not configured on this server.")
+    if not providers.push_configured(platform):
+        label = Device.Platform(platform).label
+        raise NotificationRefused(f"{label} is not configured on this server.")
     try:
-        address = webpush_endpoint_checked(address)
-        providers.webpush_keys_checked(keys or {})
+        if platform == Device.Platform.WEBPUSH:
+            address = webpush_endpoint_checked(address)
+            providers.webpush_keys_checked(keys or {})
+        else:
+            address, keys = providers.device_token_checked(platform, address), {}
     except (EndpointRefused, ValueError) as refusal:
         raise NotificationRefused(str(refusal)) from refusal
     with transaction.atomic():
@@ -302,11 +316,95 @@ def device_register(
             made = False
         beyond = Device.objects.filter(user=user).values_list("pk", flat=True)[DEVICES_PER_ACCOUNT:]
         Device.objects.filter(pk__in=list(beyond)).delete()
-        # A browser's subscription belongs to whoever registered it last: on a shared computer
-        # the next person to log in and subscribe must not get the last one's notifications.
+        # A browser's subscription (an app's token) belongs to whoever registered it last: on a
+        # shared device the next person to log in and subscribe must not get the last one's
+        # notifications.
         Device.objects.filter(platform=platform, address=address).exclude(user=user).delete()
     return device, made
 
 
 def device_delete(*, user: User, device_id) -> bool:
     return Device.objects.filter(user=user, pk=device_id).delete()[0] > 0
+
+
+# --- upkeep ---------------------------------------------------------------------------------
+
+# A queued delivery whose row has not moved for this long has lost its message (a broker
+# restarted empty): a live one moves, or waits legitimately, for less. The longest legitimate
+# wait is a rate-limit reservation (at most an hour ahead, jobs/ratelimit.py) or a retry's
+# backoff (capped well under that); its message then sits in a worker or the broker's delayed
+# queues, which the queue's count does not show, hence the margin.
+PUSH_LOST_AFTER = timedelta(hours=2)
+# Where push sends wait (CELERY_TASK_ROUTES: "notifications.*").
+PUSH_QUEUE = "notifications"
+# Deliveries one sweep queues again or expires: a run stays short, a backlog drains over runs.
+SWEEP_BATCH = 1000
+# Rows one pruning run deletes, a slice of PRUNE_SLICE at a time: short transactions, and a
+# large backlog (a first run on an old database) spreads over nights.
+PRUNE_SLICE = 2000
+PRUNE_SLICES_PER_RUN = 25
+# A device its service said is gone is kept this long, for the admin to see why pushes stopped.
+DISABLED_DEVICE_DAYS = 30
+
+
+def push_deliveries_sweep(*, now: datetime | None = None) -> int:
+    """Queue again the push deliveries whose message was lost, and fail those too old to be
+    news; returns how many it acted on.
+
+    A delivery still queued PUSH_LOST_AFTER after its row last moved is queued again, but only
+    while the notifications queue holds no message: a broadcast waiting its turn is not lost.
+    Queuing one whose message still exists costs a spare run, which finds it sent and returns
+    (push_delivery_send sends at most once). One not sent within the push's time to live is
+    failed: the service would drop it by then anyway, and the inbox has it."""
+    from notifications import tasks  # the task module imports this one
+
+    now = now or timezone.now()
+    expired = PushDelivery.objects.filter(
+        status=PushDelivery.Status.QUEUED,
+        created_at__lt=now - timedelta(seconds=providers.PUSH_TTL_SECONDS),
+    ).values_list("pk", flat=True)[:SWEEP_BATCH]
+    acted = PushDelivery.objects.filter(
+        pk__in=list(expired), status=PushDelivery.Status.QUEUED
+    ).update(
+        status=PushDelivery.Status.FAILED,
+        last_error="not sent within its time to live",
+        updated_at=now,
+    )
+    lost = list(
+        PushDelivery.objects.filter(
+            status=PushDelivery.Status.QUEUED, updated_at__lt=now - PUSH_LOST_AFTER
+        )
+        .order_by("updated_at")
+        .values_list("pk", "updated_at", "device__platform")[:SWEEP_BATCH]
+    )
+    if lost and queue_drained(PUSH_QUEUE):
+        for delivery_id, updated_at, platform in lost:
+            with transaction.atomic():
+                # Claimed as read: a run that moved the row since has its message.
+                if PushDelivery.objects.filter(
+                    pk=delivery_id, status=PushDelivery.Status.QUEUED, updated_at=updated_at
+                ).update(updated_at=now):
+                    enqueue(tasks.send_push, push_delivery_id=delivery_id, platform=platform)
+                    acted += 1
+        logger.warning("push sweep: %d delivery(ies) had lost their message", len(lost))
+    return acted
+
+
+def notifications_prune(*, now: datetime | None = None) -> int:
+    """Delete notifications older than NOTIFICATION_RETENTION_DAYS (their push deliveries with
+    them) and devices disabled more than DISABLED_DEVICE_DAYS ago; returns how many
+    notifications it deleted."""
+    now = now or timezone.now()
+    old_ones = Notification.objects.filter(
+        created_at__lt=now - timedelta(days=settings.NOTIFICATION_RETENTION_DAYS)
+    ).order_by()  # in no order: each slice walks the index, and sorts nothing
+    deleted = 0
+    for _ in range(PRUNE_SLICES_PER_RUN):
+        old = list(old_ones.values_list("pk", flat=True)[:PRUNE_SLICE])
+        if not old:
+            break
+        deleted += (
+            Notification.objects.filter(pk__in=old).delete()[1].get(Notification._meta.label, 0)
+        )
+    Device.objects.filter(disabled_at__lt=now - timedelta(days=DISABLED_DEVICE_DAYS)).delete()
+    return deleted

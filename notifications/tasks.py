@@ -1,12 +1,18 @@
 """Notifications' tasks: thin wrappers owning limits, retries and failure handling (their queue
 comes from CELERY_TASK_ROUTES, by name: `notifications`)."""
 
+from datetime import timedelta
+
 from celery import shared_task
+from celery.schedules import crontab
 
 from jobs.base import failed_for_good
+from jobs.batches import batch_handler
+from jobs.models import Batch
+from jobs.periodic import PeriodicJob, periodic_job_register
 from jobs.ratelimit import rate_limit_or_defer
 from jobs.retry import RetryPolicy
-from notifications import services
+from notifications import announcements, services
 
 
 def _push_failed_for_good(task, error, task_id, args, kwargs, einfo) -> None:
@@ -24,11 +30,50 @@ def _push_failed_for_good(task, error, task_id, args, kwargs, einfo) -> None:
     # when to come back, and is not asked sooner.
     retry_policy=RetryPolicy(max_retries=5),
     on_failure=_push_failed_for_good,
-    # A push service answers within PUSH_TIMEOUTS (15 s at most).
-    soft_time_limit=30,
-    time_limit=45,
+    # Each exchange ends within PUSH_TIMEOUTS (15 s at most), and a send makes four at most:
+    # FCM's token exchange and message, both once more when the access token had expired.
+    soft_time_limit=75,
+    time_limit=90,
 )
 def send_push(self, push_delivery_id: int, platform: str) -> None:
     # Each platform's service has its limit, shared by every worker (JOBS_RATE_LIMITS).
     rate_limit_or_defer(self, provider=platform)
     services.push_delivery_send(delivery_id=push_delivery_id)
+
+
+@batch_handler(announcements.ANNOUNCEMENT_BATCH_KIND, queue="notifications")
+def announcement_deliver(items: list[dict], batch: Batch) -> None:
+    announcements.announcement_deliver(
+        batch_id=batch.pk, user_ids=[item["user_id"] for item in items]
+    )
+
+
+@shared_task(name="notifications.maintenance_sweep", idempotent=True)
+def maintenance_sweep() -> int:
+    return services.push_deliveries_sweep()
+
+
+@shared_task(name="notifications.maintenance_prune", idempotent=True)
+def maintenance_prune() -> int:
+    return services.notifications_prune()
+
+
+periodic_job_register(
+    PeriodicJob(
+        name="notifications.sweep",
+        task=maintenance_sweep.name,
+        # Every ten minutes: a delivery counts as lost after two hours, and a run with nothing
+        # lost is one query on a partial index of the queued deliveries.
+        schedule=timedelta(minutes=10),
+        expires_seconds=9 * 60,
+    )
+)
+periodic_job_register(
+    PeriodicJob(
+        name="notifications.prune",
+        task=maintenance_prune.name,
+        # 03:47 UTC: quiet hours, apart from the jobs platform's prunes.
+        schedule=crontab(minute=47, hour=3),
+        expires_seconds=3600,
+    )
+)

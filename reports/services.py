@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from accounts.models import EmailDelivery, User
 from jobs.batches import batch_start
-from jobs.brokers import messages_waiting
+from jobs.brokers import queue_drained
 from jobs.outbox import enqueue
 from notifications.models import Kind
 from notifications.services import NotificationEmail, notification_send
@@ -565,15 +565,15 @@ def reports_stalled_sweep(*, now: datetime | None = None) -> int:
         .order_by("deadline")
         .values_list("pk", "status", "resumes")[:SWEEP_BATCH]
     )
-    queue_drained = None
+    drained = None
     acted = 0
     for report_id, status, resumes in stalled:
         # Acted on only as it was read: a render that started since has moved its deadline on.
         still = {"status": status, "resumes": resumes, "deadline__lt": now}
         if status == Report.Status.QUEUED:
-            if queue_drained is None:
-                queue_drained = _render_queue_drained()
-            if not queue_drained:
+            if drained is None:
+                drained = queue_drained(RENDER_QUEUE)
+            if not drained:
                 # Its message may be one of those still waiting (a large dispatch, a queue
                 # without a worker): looked at again later, with nothing counted against it.
                 Report.objects.filter(pk=report_id, **still).update(deadline=report_deadline())
@@ -589,16 +589,6 @@ def reports_stalled_sweep(*, now: datetime | None = None) -> int:
             logger.warning("report %s stalled after %d resumes, failed", report_id, resumes)
             acted += 1
     return acted
-
-
-def _render_queue_drained() -> bool:
-    """Whether the renders' queue holds no message: then a report still queued past its
-    deadline has lost its own. Unknown (the broker unreachable) counts as not drained."""
-    try:
-        return messages_waiting(RENDER_QUEUE) == 0
-    except Exception:
-        logger.warning("reports sweep: the broker could not say what waits in %s", RENDER_QUEUE)
-        return False
 
 
 def reports_prune(*, now: datetime | None = None) -> int:

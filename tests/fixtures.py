@@ -1,5 +1,5 @@
 """Fixtures every test module may use: `redis_server`, `broker_server`, `celery_worker`,
-`start_worker`, `smtp`, `push_service`."""
+`start_worker`, `smtp`, `push_service`, `fcm_service`, `apns_service`."""
 
 from collections.abc import Callable, Iterator
 
@@ -8,6 +8,10 @@ import pytest
 from config.celery import app
 from jobs.redis import redis_circuit
 from tests.harness import (
+    APNS_KEY,
+    APNS_PORT,
+    FCM_ACCOUNT,
+    FCM_PORT,
     PUSH_CERT,
     PUSH_KEY,
     PUSH_PORT,
@@ -17,6 +21,7 @@ from tests.harness import (
     SMTP_PORT,
     TEST_BROKER,
 )
+from tests.notifications.mobile_services import ApnsService, FcmService
 from tests.notifications.push_service import PushService
 from tests.services import (
     BeatProcess,
@@ -74,6 +79,38 @@ def push_service(_session_push_service: PushService) -> PushService:
     answering 201 until a test scripts other answers."""
     _session_push_service.reset()
     return _session_push_service
+
+
+@pytest.fixture(scope="session")
+def _session_fcm_service() -> Iterator[FcmService]:
+    service = FcmService(port=FCM_PORT, cert=PUSH_CERT, key=PUSH_KEY, account_file=FCM_ACCOUNT)
+    yield service.start()
+    service.stop()
+
+
+@pytest.fixture
+def fcm_service(_session_fcm_service: FcmService) -> Iterator[FcmService]:
+    """The FCM service and Google token endpoint every worker calls (FCM_API_URL, the service
+    account's token_uri), empty at the start, answering 200 until a test scripts other answers;
+    a request it found wrong fails the test."""
+    _session_fcm_service.reset()
+    yield _session_fcm_service
+    assert _session_fcm_service.problems == []
+
+
+@pytest.fixture(scope="session")
+def _session_apns_service() -> Iterator[ApnsService]:
+    service = ApnsService(port=APNS_PORT, cert=PUSH_CERT, key=PUSH_KEY, key_file=APNS_KEY)
+    yield service.start()
+    service.stop()
+
+
+@pytest.fixture
+def apns_service(_session_apns_service: ApnsService) -> Iterator[ApnsService]:
+    """The APNs service every worker calls (APNS_HOST), as `fcm_service` is FCM's."""
+    _session_apns_service.reset()
+    yield _session_apns_service
+    assert _session_apns_service.problems == []
 
 
 @pytest.fixture

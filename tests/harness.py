@@ -18,6 +18,13 @@ from pathlib import Path
 import pytest
 
 from notifications.vapid import vapid_keys_generate
+from tests.notifications.mobile_services import (
+    APNS_KEY_ID,
+    APNS_TEAM_ID,
+    APNS_TOPIC,
+    apns_key_make,
+    fcm_account_make,
+)
 from tests.notifications.push_service import certificate_make
 from tests.processes import free_port
 
@@ -33,6 +40,12 @@ RABBITMQ_PORT = free_port()
 PUSH_PORT = free_port()
 PUSH_CERT, PUSH_KEY = certificate_make(SESSION_DIR)
 VAPID = vapid_keys_generate()
+# The session's FCM (with Google's token endpoint) and APNs stand-ins
+# (tests/notifications/mobile_services.py), under the same certificate, and our keys for them.
+FCM_PORT = free_port()
+FCM_ACCOUNT = fcm_account_make(SESSION_DIR, port=FCM_PORT)
+APNS_PORT = free_port()
+APNS_KEY = apns_key_make(SESSION_DIR)
 BROKER_URL = (
     f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//" if TEST_BROKER == "rabbitmq" else REDIS_URL
 )
@@ -67,6 +80,16 @@ os.environ.update(
         "WEBPUSH_ALLOWED_HOSTS": f"127.0.0.1:{PUSH_PORT}",
         "WEBPUSH_ALLOW_PRIVATE_ADDRESSES": "1",
         "WEBPUSH_CA_BUNDLE": str(PUSH_CERT),
+        # FCM and APNs to the session's stand-ins only, whose certificate the workers trust.
+        "FCM_SERVICE_ACCOUNT_FILE": str(FCM_ACCOUNT),
+        "FCM_PROJECT_ID": "",
+        "FCM_API_URL": f"https://127.0.0.1:{FCM_PORT}",
+        "APNS_KEY_FILE": str(APNS_KEY),
+        "APNS_KEY_ID": APNS_KEY_ID,
+        "APNS_TEAM_ID": APNS_TEAM_ID,
+        "APNS_TOPIC": APNS_TOPIC,
+        "APNS_HOST": f"https://127.0.0.1:{APNS_PORT}",
+        "PUSH_CA_BUNDLE": str(PUSH_CERT),
     }
 )
 

@@ -9,6 +9,7 @@ import http.server
 import ipaddress
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -82,12 +83,14 @@ class Subscription:
             "keys": {"p256dh": b64url(point), "auth": b64url(self.auth)},
         }
 
-    def decrypt(self, body: bytes) -> dict:
-        return json.loads(
-            http_ece.decrypt(
-                body, private_key=self.private_key, auth_secret=self.auth, version="aes128gcm"
-            )
+    def plaintext(self, body: bytes) -> bytes:
+        """What the browser's push service hands its service worker: the body, decrypted."""
+        return http_ece.decrypt(
+            body, private_key=self.private_key, auth_secret=self.auth, version="aes128gcm"
         )
+
+    def decrypt(self, body: bytes) -> dict:
+        return json.loads(self.plaintext(body))
 
 
 @dataclass
@@ -96,6 +99,12 @@ class Received:
     headers: dict  # names in lower case
     body: bytes
     at: float
+
+
+# Scripted non-answers: a service that takes the message and never replies (HANG), or that
+# drops the connection once it has the message (DROP): the sender cannot know what happened.
+HANG = -1
+DROP = -2
 
 
 class PushService:
@@ -121,6 +130,13 @@ class PushService:
                         )
                     )
                     status, headers = service.answers.pop(0) if service.answers else (201, {})
+                if status == HANG:
+                    time.sleep(headers["seconds"])
+                    return
+                if status == DROP:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -152,6 +168,12 @@ class PushService:
     def answer_next(self, status: int, headers: dict | None = None) -> None:
         with self.lock:
             self.answers.append((status, headers or {}))
+
+    def hang_next(self, seconds: float) -> None:
+        self.answer_next(HANG, {"seconds": seconds})
+
+    def drop_next(self) -> None:
+        self.answer_next(DROP)
 
     def subscription(self, name: str = "browser") -> Subscription:
         return Subscription(endpoint=f"https://127.0.0.1:{self.port}/push/{name}")

@@ -1,5 +1,5 @@
 """The inbox and the channels per kind: the API, the pages, and what other apps announce
-(notifications/services.py, api.py, views.py, announcements.py)."""
+(notifications/services.py, api.py, views.py, receivers.py)."""
 
 import pytest
 from django.contrib.auth import get_user_model

@@ -371,3 +371,41 @@ def test_one_subscription_spelled_two_ways_is_one_device(push_service):
     assert subscribe(app, browser).status_code == 201
     assert subscribe(app, respelled).status_code == 200
     assert list(Device.objects.values_list("address", flat=True)) == [browser["endpoint"]]
+
+
+@pytest.mark.parametrize("fault", ["hangs", "drops"])
+def test_a_push_whose_answer_never_comes_is_never_sent_again_by_itself(
+    celery_worker, push_service, fault
+):
+    # given a service that takes the message, then never answers, or drops the connection
+    user, app = person()
+    assert subscribe(app, push_service.subscription().as_json()).status_code == 201
+    if fault == "hangs":
+        push_service.hang_next(providers.PUSH_TIMEOUTS[1] + 5)
+    else:
+        push_service.drop_next()
+    services.notification_send(user=user, kind=Kind.UPLOAD_READY, title="maybe")
+    # then the delivery may have gone: marked so, kept for a person as a dead letter, not retried
+    delivery = eventually(
+        lambda: PushDelivery.objects.filter(status=PushDelivery.Status.UNKNOWN).first(),
+        timeout=providers.PUSH_TIMEOUTS[1] + 20,
+        interval=0.2,
+    )
+    assert delivery.attempts == 1
+    letter = eventually(
+        lambda: DeadLetter.objects.filter(task_name="notifications.send_push").first()
+    )
+    assert letter.exception_class.endswith("OutcomeUnknown")
+    time.sleep(2)
+    assert len(push_service.received) == 1
+    assert Device.objects.get().disabled_at is None
+
+
+@pytest.mark.django_db
+def test_a_vapid_key_that_cannot_sign_fails_the_send_before_anything_goes(push_service, settings):
+    _, app = person()
+    assert subscribe(app, push_service.subscription().as_json()).status_code == 201
+    settings.VAPID_PRIVATE_KEY = "not-a-key"
+    with pytest.raises(PermanentError, match="cannot sign"):
+        providers.push_send(Device.objects.get(), payload=b"{}")
+    assert push_service.received == []
