@@ -405,7 +405,8 @@ WEBPUSH_ALLOWED_HOSTS = env.list(
 # Only for a push service of one's own on a private network (and the tests, on 127.0.0.1): by
 # default a connection that reaches a non-public address is refused before the request is sent.
 WEBPUSH_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBPUSH_ALLOW_PRIVATE_ADDRESSES", default=False)
-# A CA bundle for the push services' certificates, when the system's is not the one to use.
+# A CA bundle for the push services' certificates; empty, certifi's (the Mozilla bundle requests
+# and httpx ship with; SSL_CERT_FILE and the system's store are not read).
 WEBPUSH_CA_BUNDLE = env.str("WEBPUSH_CA_BUNDLE", default="")
 # FCM, HTTP v1 API (notifications/fcm.py): a service account's JSON key file (Firebase console,
 # Project settings, Service accounts); without it, FCM is off: apps cannot register FCM tokens.
@@ -422,8 +423,8 @@ APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
 APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
 APNS_TOPIC = env.str("APNS_TOPIC", default="")
 APNS_HOST = env.str("APNS_HOST", default="https://api.push.apple.com")
-# A CA bundle for FCM's, Google's token endpoint's and APNs' certificates, when the system's is
-# not the one to use (the tests' stand-ins have a certificate of their own).
+# A CA bundle for FCM's, Google's token endpoint's and APNs' certificates; empty, certifi's, as
+# for Web Push (the tests' stand-ins have a certificate of their own).
 PUSH_CA_BUNDLE = env.str("PUSH_CA_BUNDLE", default="")
 # Reverse proxies (addresses or networks, "10.0.0.0/8") whose X-Forwarded-For is believed; from
 # anyone else the header is ignored, since a client can write whatever it likes into it. The web

@@ -72,8 +72,16 @@ def messages_waiting(queue: str) -> int:
         channel = connection.channel()
         try:
             return channel.queue_declare(queue=queue, passive=True).message_count
-        except connection.channel_errors:
-            return 0  # never declared, or (Redis) empty: its list does not exist
+        except connection.channel_errors as error:
+            if _not_found(error):
+                return 0  # never declared, or (Redis) empty: its list does not exist
+            raise  # refused (access, a read-only Redis): the broker did not say
+
+
+def _not_found(error: Exception) -> bool:
+    """A passive declare's answer that the queue does not exist: AMQP's 404, which kombu's
+    virtual transports (Redis) give as a channel error with the same code and text."""
+    return str(getattr(error, "code", "")) == "404" or "NOT_FOUND" in str(error)
 
 
 def queue_drained(queue: str) -> bool:

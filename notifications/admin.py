@@ -1,3 +1,6 @@
+from datetime import timedelta
+
+from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import reverse
@@ -5,6 +8,11 @@ from django.utils.html import format_html
 
 from notifications.announcements import announcement_publish
 from notifications.models import Announcement, Device, Notification, PushDelivery
+from notifications.selectors import announcement_sent_lately
+
+# An announcement identical to one sent this recently is a form submitted twice (a double click,
+# the back button), not a second message; past it, staff mean to repeat it.
+REPEAT_WINDOW = timedelta(minutes=30)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -42,6 +50,24 @@ class DeviceAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
 
 
+class AnnouncementForm(forms.ModelForm):
+    class Meta:
+        model = Announcement
+        fields = ["title", "body"]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        twin = announcement_sent_lately(
+            title=cleaned.get("title", ""), body=cleaned.get("body", ""), within=REPEAT_WINDOW
+        )
+        if twin is not None:
+            raise forms.ValidationError(
+                f"This announcement went out at {twin.created_at:%H:%M} UTC; it is not sent "
+                "twice. Change it to send another."
+            )
+        return cleaned
+
+
 @admin.register(Announcement)
 class AnnouncementAdmin(admin.ModelAdmin):
     """Staff write an announcement here; saving it sends it to every active account. Once
@@ -49,6 +75,7 @@ class AnnouncementAdmin(admin.ModelAdmin):
 
     list_display = ["title", "created_by", "created_at", "status", "progress"]
     list_select_related = ["created_by", "batch"]
+    form = AnnouncementForm
     fields = ["title", "body"]
     readonly_fields = ["created_by", "created_at", "status", "progress", "fan_out"]
 

@@ -47,6 +47,7 @@ def announcement_publish(*, title: str, body: str, by: User | None) -> Announcem
             kind=ANNOUNCEMENT_BATCH_KIND,
             items=({"user_id": user_id} for user_id in recipients),
             owner=by,
+            on_success="notifications.announcement_delivered",
             chunk_size=ANNOUNCEMENT_CHUNK_SIZE,
         )
         Announcement.objects.filter(pk=announcement.pk).update(batch=batch)
@@ -64,8 +65,15 @@ def announcement_deliver(*, batch_id: int, user_ids: list[int]) -> int:
     delivered = 0
     with transaction.atomic():
         have_it = Notification.objects.filter(once_key=once_key, user_id__in=user_ids)
-        people = User.objects.filter(pk__in=user_ids, is_active=True).exclude(
-            pk__in=have_it.values("user_id")
+        # Locked until the chunk commits, in one order: an erasure begins under the same lock
+        # (accounts/deletion.py), so it either deactivated the account before this read, which
+        # then skips it, or waits and finds the notification to erase; and no account row is
+        # deleted under the inserts, whose foreign keys PostgreSQL checks at commit.
+        people = list(
+            User.objects.select_for_update(no_key=True)
+            .filter(pk__in=user_ids, is_active=True)
+            .exclude(pk__in=have_it.values("user_id"))
+            .order_by("pk")
         )
         for person in people:
             try:

@@ -3,17 +3,19 @@
 
 Sending: POST {APNS_HOST}/3/device/<token> over HTTP/2 with `authorization: bearer` a provider
 token, `apns-topic` (APNS_TOPIC, the app's bundle id), `apns-push-type: alert`,
-`apns-priority: 10` (now) and `apns-expiration` (a day: PUSH_TTL_SECONDS), the body
-`{"aps": {"alert": {"title", "body"}}, "id", "kind", ...data}` of at most 4,096 bytes. The
+`apns-priority: 10` (now) and `apns-expiration` (a day after the notification was made), the
+body `{"aps": {"alert": {"title", "body"}}, "id", "kind", ...data}` of at most 4,096 bytes. The
 provider token is a JWT signed ES256 with the .p8 key (APNS_KEY_FILE), header {alg, kid:
 APNS_KEY_ID}, claims {iss: APNS_TEAM_ID, iat}; each process makes one and uses it for
 PROVIDER_TOKEN_SECONDS.
 
 The answers, on top of notifications/push_http.py's rule:
 
-- 410 (Unregistered, ExpiredToken), 400 BadDeviceToken or DeviceTokenNotForTopic: the device is
-  gone. BadDeviceToken is also the answer to a sandbox token sent to the production host: an
-  APNS_HOST that does not match the app's build disables its devices;
+- 410 (Unregistered, ExpiredToken), 400 BadDeviceToken: the device is gone. BadDeviceToken is
+  also the answer to a sandbox token sent to the production host: an APNS_HOST that does not
+  match the app's build disables its devices (each enabled again when its app registers);
+- 400 DeviceTokenNotForTopic is a PermanentError, not gone: every device answers it when
+  APNS_TOPIC is wrong, and one setting's mistake must not disable them all;
 - 403 ExpiredProviderToken: a new provider token, and the message once more; any other 403
   (InvalidProviderToken: the key, key id or team is wrong) is a PermanentError;
 - 429 (TooManyRequests to the device, TooManyProviderTokenUpdates), 500, 503: retried.
@@ -29,7 +31,6 @@ from django.conf import settings
 
 from jobs.retry import PermanentError
 from notifications.push_http import (
-    PUSH_TTL_SECONDS,
     answer_check,
     json_or_empty,
     post,
@@ -43,7 +44,7 @@ PROVIDER_TOKEN_SECONDS = 50 * 60
 MAX_PAYLOAD_BYTES = 4096
 # A device token is 32 bytes today, in hex; Apple says it may grow, so up to 100 bytes are taken.
 TOKEN_FORM = re.compile(r"(?:[0-9a-f]{2}){32,100}")
-GONE_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
+GONE_REASONS = frozenset({"BadDeviceToken", "Unregistered"})
 
 # (key file, key id, team id) -> (provider token, time.monotonic() when it was made).
 _provider_tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
@@ -63,7 +64,7 @@ def apns_token_checked(token: str) -> str:
     return token
 
 
-def apns_send(device, payload: bytes) -> None:
+def apns_send(device, payload: bytes, ttl: int) -> None:
     message = json.loads(payload)
     body = json.dumps(
         {
@@ -89,7 +90,7 @@ def apns_send(device, payload: bytes) -> None:
                 "apns-topic": settings.APNS_TOPIC,
                 "apns-push-type": "alert",
                 "apns-priority": "10",
-                "apns-expiration": str(int(time.time()) + PUSH_TTL_SECONDS),
+                "apns-expiration": str(int(time.time()) + ttl),
             },
         ),
         stale=lambda answer: (

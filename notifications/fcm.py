@@ -11,8 +11,10 @@ ACCESS_TOKEN_MARGIN_SECONDS before it expires.
 The answers (firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode), on top of
 notifications/push_http.py's rule:
 
-- UNREGISTERED (404: the app was uninstalled, the token expired), SENDER_ID_MISMATCH (403: the
-  token belongs to another project), INVALID_ARGUMENT (400) about the token: the device is gone;
+- UNREGISTERED (404: the app was uninstalled, the token expired), INVALID_ARGUMENT (400) about
+  the token: the device is gone;
+- SENDER_ID_MISMATCH (403: the token belongs to another project) is a PermanentError, not gone:
+  every device answers it when FCM_SERVICE_ACCOUNT_FILE is another project's;
 - 401 (our access token expired or was revoked): a new token, and the message once more; a
   second 401 is a PermanentError;
 - QUOTA_EXCEEDED (429), INTERNAL (500), UNAVAILABLE (503): retried, no sooner than Retry-After.
@@ -27,7 +29,6 @@ from django.conf import settings
 
 from jobs.retry import PermanentError
 from notifications.push_http import (
-    PUSH_TTL_SECONDS,
     answer_check,
     json_or_empty,
     post,
@@ -44,7 +45,10 @@ ACCESS_TOKEN_MARGIN_SECONDS = 300
 # Google documents no form for a registration token and has changed its length before; today's
 # are ~150-200 characters of these. Long enough to be one, short enough to store.
 TOKEN_FORM = re.compile(r"[A-Za-z0-9_:-]{32,1024}")
-GONE_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
+# Not SENDER_ID_MISMATCH: every device answers it when the service account belongs to another
+# project than the app's, and one setting's mistake must not disable them all; it fails the
+# delivery, for the operator to see.
+GONE_CODES = frozenset({"UNREGISTERED"})
 ACCOUNT_FIELDS = ("client_email", "private_key", "private_key_id", "token_uri")
 
 # (account email, token_uri) -> (access token, time.monotonic() until which it is used).
@@ -63,7 +67,7 @@ def fcm_token_checked(token: str) -> str:
     return token
 
 
-def fcm_send(device, payload: bytes) -> None:
+def fcm_send(device, payload: bytes, ttl: int) -> None:
     account = _service_account()
     project = settings.FCM_PROJECT_ID or account.get("project_id")
     if not project:
@@ -74,7 +78,7 @@ def fcm_send(device, payload: bytes) -> None:
             "token": device.address,
             "notification": {"title": message["title"], "body": message["body"]},
             "data": _strings({**message["data"], "id": message["id"], "kind": message["kind"]}),
-            "android": {"ttl": f"{PUSH_TTL_SECONDS}s"},
+            "android": {"ttl": f"{ttl}s"},
         }
     }
     url = f"{settings.FCM_API_URL.rstrip('/')}/v1/projects/{project}/messages:send"
@@ -145,7 +149,11 @@ def _access_token(account: dict, *, fresh: bool) -> str:
     answer = json_or_empty(response)
     token, lifetime = answer.get("access_token"), answer.get("expires_in", ASSERTION_SECONDS)
     if not isinstance(token, str) or not token or not isinstance(lifetime, int | float):
-        raise PermanentError(f"Google's token endpoint answered no token: {response.text[:300]}")
+        # Its body not quoted: it may hold a token after all, which an error message would
+        # carry into the dead letters and the admin.
+        raise PermanentError(
+            f"Google's token endpoint answered no usable token (fields: {sorted(answer)})"
+        )
     _access_tokens[key] = (token, time.monotonic() + lifetime - ACCESS_TOKEN_MARGIN_SECONDS)
     return token
 

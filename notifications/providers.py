@@ -63,16 +63,17 @@ def device_token_checked(platform: str, token: str) -> str:
     return _TOKEN_CHECKED[platform](token)
 
 
-def push_send(device, *, payload: bytes) -> None:
-    """Send the payload (services.push_payload) to the device through its platform's service;
-    raises DeviceGone, TransientError, PermanentError or OutcomeUnknown (push_http.py)."""
+def push_send(device, *, payload: bytes, ttl: int = PUSH_TTL_SECONDS) -> None:
+    """Send the payload (services.push_payload) to the device through its platform's service,
+    for the service to keep `ttl` seconds at most while the device is offline; raises
+    DeviceGone, TransientError, PermanentError or OutcomeUnknown (push_http.py)."""
     if not push_configured(device.platform):
         # Configured when the device registered, no longer: the operator's to fix.
         raise PermanentError(f"{device.get_platform_display()} is not configured on this server")
-    _SEND[device.platform](device, payload)
+    _SEND[device.platform](device, payload, ttl)
 
 
-def _webpush_send(device, payload: bytes) -> None:
+def _webpush_send(device, payload: bytes, ttl: int) -> None:
     endpoint = webpush_endpoint_checked(device.address)
     parts = urlsplit(endpoint)
     claims = {
@@ -93,7 +94,7 @@ def _webpush_send(device, payload: bytes) -> None:
         response = pusher.send(
             payload,
             headers,
-            ttl=PUSH_TTL_SECONDS,
+            ttl=ttl,
             content_encoding="aes128gcm",
             timeout=PUSH_TIMEOUTS,
         )

@@ -1,6 +1,9 @@
-from django.db.models import QuerySet
+from datetime import timedelta
 
-from notifications.models import Device, Notification
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from notifications.models import Announcement, Device, Notification
 
 
 def inbox(*, user) -> QuerySet[Notification]:
@@ -14,3 +17,12 @@ def unread_count(*, user) -> int:
 
 def devices_of(*, user) -> QuerySet[Device]:
     return Device.objects.filter(user=user)
+
+
+def announcement_sent_lately(*, title: str, body: str, within: timedelta) -> Announcement | None:
+    """The same announcement sent less than `within` ago, if any: a form submitted twice."""
+    return (
+        Announcement.objects.filter(title=title, body=body, created_at__gte=timezone.now() - within)
+        .order_by("-created_at")
+        .first()
+    )

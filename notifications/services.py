@@ -29,6 +29,7 @@ from accounts.emails import email_delivery_create
 from accounts.models import EmailDelivery, User
 from jobs.brokers import queue_drained
 from jobs.outbox import enqueue
+from jobs.ratelimit import RESERVATION_HORIZON_SECONDS
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError
 from notifications import providers
 from notifications.endpoints import EndpointRefused, webpush_endpoint_checked
@@ -136,7 +137,14 @@ def notification_send(
         )
         channels = channel_preferences_of(user=user)[kind]
         if channels.push:
-            for device in Device.objects.filter(user=user, disabled_at__isnull=True):
+            # Locked until the caller commits: on PostgreSQL a delivery's foreign key is checked
+            # at commit, and a device deleted meanwhile (removed, taken over by another
+            # account, forgotten on a password reset) would fail the caller's whole transaction
+            # there. A deletion now waits for the commit, and then deletes the deliveries too.
+            devices = Device.objects.select_for_update(no_key=True).filter(
+                user=user, disabled_at__isnull=True
+            )
+            for device in devices:
                 delivery = PushDelivery.objects.create(notification=notification, device=device)
                 enqueue(tasks.send_push, push_delivery_id=delivery.pk, platform=device.platform)
         if channels.email or kind in EMAIL_ALWAYS:
@@ -181,13 +189,21 @@ def push_delivery_send(*, delivery_id: int) -> None:
         if delivery.device.disabled_at is not None:
             _delivery_settle(delivery, PushDelivery.Status.FAILED, "the device is disabled")
             return
+        # What is left of the push's day, counted from when the notification was made: a push
+        # a day late is news no more (re-driven or not), and one sent late expires on time.
+        ttl = providers.PUSH_TTL_SECONDS - int(
+            (timezone.now() - delivery.notification.created_at).total_seconds()
+        )
+        if ttl <= 0:
+            _delivery_settle(delivery, PushDelivery.Status.FAILED, PUSH_EXPIRED)
+            return
         PushDelivery.objects.filter(pk=delivery.pk).update(
             status=PushDelivery.Status.SENDING,
             attempts=delivery.attempts + 1,
             updated_at=timezone.now(),
         )
     try:
-        providers.push_send(delivery.device, payload=push_payload(delivery.notification))
+        providers.push_send(delivery.device, payload=push_payload(delivery.notification), ttl=ttl)
     except providers.DeviceGone as gone:
         with transaction.atomic():
             Device.objects.filter(pk=delivery.device_id, disabled_at__isnull=True).update(
@@ -229,6 +245,8 @@ def _delivery_settle(delivery: PushDelivery, status: str, error: str) -> None:
         status=status, last_error=error[:2000], updated_at=timezone.now()
     )
 
+
+PUSH_EXPIRED = "not sent within its time to live"
 
 # A Web Push message holds at most 4,096 bytes once encrypted (RFC 8291: 3,993 of payload).
 # Title and body are cut to these many bytes of UTF-8 (an emoji takes four), so the message
@@ -329,65 +347,77 @@ def device_delete(*, user: User, device_id) -> bool:
 
 # --- upkeep ---------------------------------------------------------------------------------
 
-# A queued delivery whose row has not moved for this long has lost its message (a broker
-# restarted empty): a live one moves, or waits legitimately, for less. The longest legitimate
-# wait is a rate-limit reservation (at most an hour ahead, jobs/ratelimit.py) or a retry's
-# backoff (capped well under that); its message then sits in a worker or the broker's delayed
-# queues, which the queue's count does not show, hence the margin.
-PUSH_LOST_AFTER = timedelta(hours=2)
+# Beyond the longest a live message can wait, before a delivery counts as lost.
+PUSH_LOST_MARGIN = timedelta(hours=1)
 # Where push sends wait (CELERY_TASK_ROUTES: "notifications.*").
 PUSH_QUEUE = "notifications"
 # Deliveries one sweep queues again or expires: a run stays short, a backlog drains over runs.
 SWEEP_BATCH = 1000
-# Rows one pruning run deletes, a slice of PRUNE_SLICE at a time: short transactions, and a
-# large backlog (a first run on an old database) spreads over nights.
+# Rows one pruning run (hourly) deletes, a slice of PRUNE_SLICE at a time: short transactions,
+# and up to 1.2 million a day, above what a busy day writes (an announcement to every account is
+# one row each), so a backlog (a first run on an old database) drains over a few runs.
 PRUNE_SLICE = 2000
 PRUNE_SLICES_PER_RUN = 25
 # A device its service said is gone is kept this long, for the admin to see why pushes stopped.
 DISABLED_DEVICE_DAYS = 30
 
 
+def push_lost_after() -> timedelta:
+    """How long a queued delivery's row may stay unmoved while its message still lives. Its task
+    books a rate-limit slot up to the limiter's horizon ahead without touching the row, may miss
+    it and book as far again, and may be refused a slot beyond the horizon and retried, each
+    wait capped by JOBS_RETRY_MAX_SECONDS. Meanwhile its message sits in a worker or the
+    broker's delayed queues, which the queue's count does not show."""
+    from notifications import tasks  # the task module imports this one
+
+    longest_wait = 2 * RESERVATION_HORIZON_SECONDS + (
+        tasks.send_push.retry_policy.max_retries * settings.JOBS_RETRY_MAX_SECONDS
+    )
+    return timedelta(seconds=longest_wait) + PUSH_LOST_MARGIN
+
+
 def push_deliveries_sweep(*, now: datetime | None = None) -> int:
     """Queue again the push deliveries whose message was lost, and fail those too old to be
     news; returns how many it acted on.
 
-    A delivery still queued PUSH_LOST_AFTER after its row last moved is queued again, but only
+    A delivery still queued push_lost_after() after its row last moved is queued again, but only
     while the notifications queue holds no message: a broadcast waiting its turn is not lost.
     Queuing one whose message still exists costs a spare run, which finds it sent and returns
     (push_delivery_send sends at most once). One not sent within the push's time to live is
-    failed: the service would drop it by then anyway, and the inbox has it."""
+    failed: the service would drop it by then anyway, and the inbox has it (its message, if it
+    still comes, finds it too old and sends nothing)."""
     from notifications import tasks  # the task module imports this one
 
     now = now or timezone.now()
-    expired = PushDelivery.objects.filter(
+    too_old = PushDelivery.objects.filter(
         status=PushDelivery.Status.QUEUED,
         created_at__lt=now - timedelta(seconds=providers.PUSH_TTL_SECONDS),
     ).values_list("pk", flat=True)[:SWEEP_BATCH]
-    acted = PushDelivery.objects.filter(
-        pk__in=list(expired), status=PushDelivery.Status.QUEUED
-    ).update(
-        status=PushDelivery.Status.FAILED,
-        last_error="not sent within its time to live",
-        updated_at=now,
-    )
+    expired = PushDelivery.objects.filter(
+        pk__in=list(too_old), status=PushDelivery.Status.QUEUED
+    ).update(status=PushDelivery.Status.FAILED, last_error=PUSH_EXPIRED, updated_at=now)
     lost = list(
         PushDelivery.objects.filter(
-            status=PushDelivery.Status.QUEUED, updated_at__lt=now - PUSH_LOST_AFTER
+            status=PushDelivery.Status.QUEUED, updated_at__lt=now - push_lost_after()
         )
         .order_by("updated_at")
         .values_list("pk", "updated_at", "device__platform")[:SWEEP_BATCH]
     )
-    if lost and queue_drained(PUSH_QUEUE):
-        for delivery_id, updated_at, platform in lost:
-            with transaction.atomic():
-                # Claimed as read: a run that moved the row since has its message.
-                if PushDelivery.objects.filter(
-                    pk=delivery_id, status=PushDelivery.Status.QUEUED, updated_at=updated_at
-                ).update(updated_at=now):
-                    enqueue(tasks.send_push, push_delivery_id=delivery_id, platform=platform)
-                    acted += 1
-        logger.warning("push sweep: %d delivery(ies) had lost their message", len(lost))
-    return acted
+    if not lost or not queue_drained(PUSH_QUEUE):
+        return expired
+    queued_again = 0
+    for delivery_id, updated_at, platform in lost:
+        with transaction.atomic():
+            # Claimed as read: a run that moved the row since has its message.
+            if PushDelivery.objects.filter(
+                pk=delivery_id, status=PushDelivery.Status.QUEUED, updated_at=updated_at
+            ).update(updated_at=now):
+                enqueue(tasks.send_push, push_delivery_id=delivery_id, platform=platform)
+                queued_again += 1
+    logger.warning(
+        "push sweep: %d delivery(ies) had lost their message, queued again", queued_again
+    )
+    return expired + queued_again
 
 
 def notifications_prune(*, now: datetime | None = None) -> int:

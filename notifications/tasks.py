@@ -1,5 +1,6 @@
 """Notifications' tasks: thin wrappers owning limits, retries and failure handling (their queue
-comes from CELERY_TASK_ROUTES, by name: `notifications`)."""
+comes from CELERY_TASK_ROUTES, by name: `notifications`, and `maintenance` for the periodic
+ones)."""
 
 from datetime import timedelta
 
@@ -7,7 +8,7 @@ from celery import shared_task
 from celery.schedules import crontab
 
 from jobs.base import failed_for_good
-from jobs.batches import batch_handler
+from jobs.batches import batch_handler, batch_items_forget
 from jobs.models import Batch
 from jobs.periodic import PeriodicJob, periodic_job_register
 from jobs.ratelimit import rate_limit_or_defer
@@ -41,6 +42,12 @@ def send_push(self, push_delivery_id: int, platform: str) -> None:
     services.push_delivery_send(delivery_id=push_delivery_id)
 
 
+@shared_task(name="notifications.announcement_delivered", idempotent=True)
+def announcement_delivered(batch_id: int) -> None:
+    # Every chunk succeeded: its items, the ids of everyone it went to, are kept no longer.
+    batch_items_forget(batch_id=batch_id)
+
+
 @batch_handler(announcements.ANNOUNCEMENT_BATCH_KIND, queue="notifications")
 def announcement_deliver(items: list[dict], batch: Batch) -> None:
     announcements.announcement_deliver(
@@ -62,8 +69,8 @@ periodic_job_register(
     PeriodicJob(
         name="notifications.sweep",
         task=maintenance_sweep.name,
-        # Every ten minutes: a delivery counts as lost after two hours, and a run with nothing
-        # lost is one query on a partial index of the queued deliveries.
+        # Every ten minutes: a delivery counts as lost after hours (push_lost_after), and a run
+        # with nothing to do is two queries on a partial index of the queued deliveries.
         schedule=timedelta(minutes=10),
         expires_seconds=9 * 60,
     )
@@ -72,8 +79,10 @@ periodic_job_register(
     PeriodicJob(
         name="notifications.prune",
         task=maintenance_prune.name,
-        # 03:47 UTC: quiet hours, apart from the jobs platform's prunes.
-        schedule=crontab(minute=47, hour=3),
-        expires_seconds=3600,
+        # Hourly, at minute 47 (off the full hour when everyone's cron jobs start): each run
+        # deletes a bounded number, so that it stays short, and 24 of them a day keep up with
+        # an announcement to every account.
+        schedule=crontab(minute=47),
+        expires_seconds=50 * 60,
     )
 )

@@ -2,19 +2,23 @@
 keeps push deliveries moving: the provider's limit across workers, the sweep for lost messages,
 pruning (notifications/services.py)."""
 
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Count
 from django.test import Client
 from django.utils import timezone
 
+from jobs.batches import batch_chunk_run
 from jobs.brokers import queue_drained
 from jobs.models import Batch, BatchChunk
-from notifications import services
-from notifications.announcements import ANNOUNCEMENT_CHUNK_SIZE
+from jobs.outbox import enqueue
+from notifications import services, tasks
+from notifications.announcements import ANNOUNCEMENT_CHUNK_SIZE, announcement_deliver
 from notifications.models import (
     Announcement,
     ChannelPreference,
@@ -119,6 +123,62 @@ def test_an_announcement_reaches_every_active_account_once(celery_worker, push_s
     assert b'name="title"' not in page.content  # read-only
     deletion = admin.post(f"/admin/notifications/announcement/{announcement.pk}/delete/")
     assert deletion.status_code == 403
+    # and once it is done, who it went to is forgotten: the chunks' items are emptied
+    eventually(lambda: not BatchChunk.objects.filter(batch=batch).exclude(items=[]).exists())
+    # and the same announcement submitted again (the back button) is refused, not sent twice
+    again = admin.post(
+        "/admin/notifications/announcement/add/",
+        {"title": "Maintenance on Sunday", "body": "From 2 to 3 am."},
+    )
+    assert again.status_code == 200 and b"it is not sent twice" in again.content
+    assert Announcement.objects.count() == 1
+
+
+def chunks_of(announcement: Announcement) -> list[BatchChunk]:
+    return list(BatchChunk.objects.filter(batch_id=announcement.batch_id).order_by("index"))
+
+
+def test_two_runs_of_one_chunk_at_once_give_each_person_the_announcement_once(
+    no_worker_running, transactional_db
+):
+    # given an announcement whose chunk's message was delivered twice, to two workers at once
+    everyone = people(150)
+    announcement = publish(staff_admin())
+    (chunk,) = chunks_of(announcement)
+    user_ids = [item["user_id"] for item in chunk.items]
+    results = []
+
+    def run() -> None:
+        try:
+            results.append(announcement_deliver(batch_id=announcement.batch_id, user_ids=user_ids))
+        finally:
+            connection.close()
+
+    # when both run together
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(timeout=60)
+    # then everyone got it from one or the other, and no one twice
+    assert sum(results) == len(everyone) + 1  # and the staff account
+    counts = announced_to(announcement)
+    assert len(counts) == len(everyone) + 1 and set(counts.values()) == {1}
+
+
+def test_an_account_deactivated_before_its_chunk_runs_does_not_get_it(
+    no_worker_running, transactional_db
+):
+    # given an announcement published, its chunk not yet run, and an erasure begun meanwhile
+    everyone = people(3)
+    announcement = publish(staff_admin())
+    User.objects.filter(pk=everyone[0].pk).update(is_active=False)
+    # when the chunk runs
+    for chunk in chunks_of(announcement):
+        batch_chunk_run(chunk_id=chunk.pk)
+    # then the others have it, and the deactivated account does not
+    assert everyone[0].pk not in announced_to(announcement)
+    assert {user.pk for user in everyone[1:]} <= set(announced_to(announcement))
 
 
 def test_a_worker_killed_whole_mid_broadcast_leaves_everyone_with_it_once(
@@ -207,17 +267,24 @@ def queued_delivery(push_service, *, age: timedelta, name: str = "lost"):
     device = Device.objects.create(
         user=user, platform="webpush", address=browser.endpoint, keys=browser.as_json()["keys"]
     )
-    notification = Notification.objects.create(user=user, kind=Kind.UPLOAD_READY, title="lost")
     then = timezone.now() - age
+    notification = Notification.objects.create(
+        user=user, kind=Kind.UPLOAD_READY, title="lost", created_at=then
+    )
     return PushDelivery.objects.create(
         notification=notification, device=device, created_at=then, updated_at=then
     )
 
 
+def lost_age() -> timedelta:
+    """Older than a live message's longest wait: a delivery unmoved this long lost its message."""
+    return services.push_lost_after() + timedelta(minutes=10)
+
+
 def test_a_push_whose_message_was_lost_is_queued_again_and_sent_once(celery_worker, push_service):
-    # given a delivery queued three hours ago whose message the broker lost, one queued moments
-    # ago, and one older than a push's time to live
-    lost = queued_delivery(push_service, age=timedelta(hours=3))
+    # given a delivery whose message the broker lost, one queued moments ago, and one older than
+    # a push's time to live
+    lost = queued_delivery(push_service, age=lost_age())
     recent = queued_delivery(push_service, age=timedelta(minutes=5), name="recent")
     stale = queued_delivery(push_service, age=timedelta(days=2), name="stale")
     # when the sweep runs
@@ -227,10 +294,32 @@ def test_a_push_whose_message_was_lost_is_queued_again_and_sent_once(celery_work
     assert PushDelivery.objects.get(pk=recent.pk).status == PushDelivery.Status.QUEUED
     stale.refresh_from_db()
     assert stale.status == PushDelivery.Status.FAILED and "time to live" in stale.last_error
-    # and a second sweep, even hours later, sends nothing again
-    assert services.push_deliveries_sweep(now=timezone.now() + timedelta(hours=3)) == 1  # recent
+    # and a later sweep queues only the one that is lost by then, and sends nothing twice
+    assert services.push_deliveries_sweep(now=timezone.now() + lost_age()) == 1  # recent
+    eventually(lambda: PushDelivery.objects.get(pk=recent.pk).status == PushDelivery.Status.SENT)
     time.sleep(1)
-    assert [r.path for r in push_service.received].count("/push/lost") == 1
+    assert sorted(r.path for r in push_service.received) == ["/push/lost", "/push/recent"]
+
+
+def test_a_push_whose_message_comes_after_its_time_to_live_is_not_sent(celery_worker, push_service):
+    # given a delivery a day and an hour old whose message still comes (a backlog, a re-drive)
+    late = queued_delivery(push_service, age=timedelta(hours=25), name="late")
+    # when its task runs
+    enqueue(tasks.send_push, push_delivery_id=late.pk, platform="webpush")
+    # then it is failed as too old, and nothing reaches the push service
+    eventually(lambda: PushDelivery.objects.get(pk=late.pk).status == PushDelivery.Status.FAILED)
+    assert PushDelivery.objects.get(pk=late.pk).last_error == services.PUSH_EXPIRED
+    assert push_service.received == []
+
+
+def test_a_push_sent_late_lives_only_what_is_left_of_its_day(celery_worker, push_service):
+    # given a delivery queued six hours ago
+    late = queued_delivery(push_service, age=timedelta(hours=6), name="six-hours")
+    # when it is sent
+    enqueue(tasks.send_push, push_delivery_id=late.pk, platform="webpush")
+    # then the push service is told to keep it 18 hours at most, not a day
+    (received,) = eventually(lambda: push_service.received, timeout=30)
+    assert 18 * 3600 - 60 <= int(received.headers["ttl"]) <= 18 * 3600
 
 
 def test_the_sweep_leaves_queued_pushes_alone_while_the_queue_holds_messages(
@@ -238,10 +327,10 @@ def test_the_sweep_leaves_queued_pushes_alone_while_the_queue_holds_messages(
 ):
     # given messages waiting in the notifications queue, with no worker to take them
     waiting = queued_delivery(push_service, age=timedelta(minutes=1), name="wait")
-    services.push_deliveries_sweep(now=timezone.now() + timedelta(hours=3))
+    services.push_deliveries_sweep(now=timezone.now() + lost_age())
     assert eventually(lambda: queue_drained(services.PUSH_QUEUE) is False)
     # and a delivery whose message looks lost
-    lost = queued_delivery(push_service, age=timedelta(hours=3))
+    lost = queued_delivery(push_service, age=lost_age())
     # when the sweep runs, then it leaves it: its message may be one of those waiting
     assert services.push_deliveries_sweep() == 0
     assert PushDelivery.objects.get(pk=lost.pk).updated_at == lost.updated_at

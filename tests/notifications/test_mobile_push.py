@@ -219,7 +219,9 @@ PAYLOAD = json.dumps(
 # What each answer means, for each service (notifications/fcm.py, apns.py).
 ANSWERS = [
     ("fcm", 404, UNREGISTERED, providers.DeviceGone),
-    ("fcm", 403, SENDER_ID_MISMATCH, providers.DeviceGone),
+    # a setting's mistake (another project's account, a wrong topic), not the device's: every
+    # device would answer it, and none is disabled
+    ("fcm", 403, SENDER_ID_MISMATCH, PermanentError),
     ("fcm", 400, TOKEN_INVALID, providers.DeviceGone),
     ("fcm", 400, MESSAGE_INVALID, PermanentError),
     ("fcm", 404, {"error": {"code": 404, "status": "NOT_FOUND"}}, PermanentError),
@@ -228,7 +230,7 @@ ANSWERS = [
     ("fcm", 503, UNAVAILABLE, TransientError),
     ("apns", 410, {"reason": "Unregistered"}, providers.DeviceGone),
     ("apns", 400, {"reason": "BadDeviceToken"}, providers.DeviceGone),
-    ("apns", 400, {"reason": "DeviceTokenNotForTopic"}, providers.DeviceGone),
+    ("apns", 400, {"reason": "DeviceTokenNotForTopic"}, PermanentError),
     ("apns", 400, {"reason": "BadTopic"}, PermanentError),
     ("apns", 403, {"reason": "InvalidProviderToken"}, PermanentError),
     ("apns", 413, {"reason": "PayloadTooLarge"}, PermanentError),
