@@ -207,6 +207,24 @@ def account_erasures_queue_due(*, now: datetime | None = None) -> int:
     return queued
 
 
+def erasures_stalled(
+    *, within: models.QuerySet | None = None, now: datetime | None = None
+) -> tuple[models.QuerySet, models.QuerySet]:
+    """Erasures waiting STALLED_SECONDS for a message the broker lost: queued and never started,
+    or whose batch succeeded and that never finished. What the periodic job sends again, and
+    /metrics counts."""
+    stalled = (now or timezone.now()) - timedelta(seconds=STALLED_SECONDS)
+    waiting = (within if within is not None else AccountErasure.objects).filter(user__isnull=False)
+    return (
+        waiting.filter(status=AccountErasure.Status.QUEUED, queued_at__lt=stalled),
+        waiting.filter(
+            status=AccountErasure.Status.RUNNING,
+            batch__status=Batch.Status.SUCCEEDED,
+            batch__finished_at__lt=stalled,
+        ),
+    )
+
+
 def account_erasures_resume_stalled(*, now: datetime | None = None) -> int:
     """Send again the message of an erasure that waits for one the broker lost (a Redis without
     persistence restarted while it was queued): the task that starts a queued erasure, and the
@@ -220,13 +238,8 @@ def account_erasures_resume_stalled(*, now: datetime | None = None) -> int:
     resumed = 0
     # Each at most once per STALLED_SECONDS: a start or finish that fails every time makes a
     # dead letter that often, not every minute.
-    waiting = AccountErasure.objects.filter(user__isnull=False).exclude(resent_at__gte=stalled)
-    lost_starts = waiting.filter(status=AccountErasure.Status.QUEUED, queued_at__lt=stalled)
-    lost_finishes = waiting.filter(
-        status=AccountErasure.Status.RUNNING,
-        batch__status=Batch.Status.SUCCEEDED,
-        batch__finished_at__lt=stalled,
-    )
+    waiting = AccountErasure.objects.exclude(resent_at__gte=stalled)
+    lost_starts, lost_finishes = erasures_stalled(within=waiting, now=now)
     for erasures, task, kwargs in (
         (lost_starts, tasks.erase_account, {}),
         (lost_finishes, tasks.finish_erasure, {"batch_id": 0}),

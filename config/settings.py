@@ -268,6 +268,13 @@ READINESS_CHECK_TIMEOUT = env.float("READINESS_CHECK_TIMEOUT", default=2.0)
 # A web process reuses each /readyz check's result for this many seconds, so any number of pollers
 # cost one check per period; 2 s is below any probe interval, so the next probe sees a change.
 READINESS_CACHE_SECONDS = env.float("READINESS_CACHE_SECONDS", default=2.0)
+# /metrics (jobs/metrics.py) answers only `Authorization: Bearer <this>` when it is set. Its
+# figures name queues, tasks and worker hosts: not for the public.
+METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")
+# A scrape waits this long at most for the broker's figures (queue lengths and ages); a broker
+# that hangs shows as jobs_broker_up 0, and the rest of the figures still come. Below
+# Prometheus's default scrape timeout (10 s) by far.
+METRICS_BROKER_TIMEOUT = env.float("METRICS_BROKER_TIMEOUT", default=1.0)
 
 # --- Job platform (jobs/) -------------------------------------------------------------------
 

@@ -6,4 +6,13 @@ class JobsConfig(AppConfig):
     verbose_name = "Background jobs"
 
     def ready(self) -> None:
+        from django.utils.module_loading import autodiscover_modules
+        from prometheus_client import REGISTRY
+
         from jobs import checks  # noqa: F401 - registers the system checks
+        from jobs.metrics import PlatformCollector
+
+        # Every app's stuck jobs for /metrics (jobs.metrics.stuck_jobs_register); this app's
+        # module among them, which also stamps every published message with its time.
+        autodiscover_modules("metrics")
+        REGISTRY.register(PlatformCollector())

@@ -18,7 +18,9 @@ A task declares what it is; this class turns that into behaviour:
   outbox row finished when it succeeds, which publishes the next task of its key; one that
   fails for good holds its key up until its dead letter is re-driven or discarded; one whose
   row is already finished (redelivered after its worker died) is acknowledged unrun.
-- one log line per outcome: task, id, attempt, duration, outcome, exception class.
+- one log line per outcome: task, id, attempt, duration, outcome, exception class; and the
+  same outcome counted for /metrics (jobs/counters.py), with the time the message waited in
+  its queue.
 """
 
 import contextlib
@@ -37,6 +39,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from kombu.utils.uuid import uuid
 
+from jobs.counters import queue_wait_of, task_run_count
 from jobs.deadletters import dead_letter_record
 from jobs.outbox import (
     ORDERED_ROW_HEADER,
@@ -255,6 +258,14 @@ class PlatformTask(DjangoTask):
             logging.INFO if outcome in {"success", "retry", "ignore", "skip"} else logging.WARNING
         )
         logger.log(level, line)
+        runtime = time.monotonic() - started
+        task_run_count(
+            self.name,
+            outcome=outcome,
+            runtime=runtime,
+            queue_wait=queue_wait_of(self.request, started_at=time.time() - runtime),
+            exception=type(error).__name__ if error is not None else "",
+        )
 
 
 def failed_for_good(task: PlatformTask, error: BaseException) -> bool:
@@ -293,4 +304,11 @@ def _dead_letter_a_hard_time_limit(sender=None, task_id=None, exception=None, **
             queue="",  # not known in the main process; the task's route says it
             error=exception,
             attempts=1,
+        )
+        task_run_count(
+            sender.name,
+            outcome="failure",
+            runtime=0.0,
+            queue_wait=None,
+            exception="TimeLimitExceeded",
         )

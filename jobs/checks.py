@@ -4,7 +4,7 @@ from importlib import import_module
 
 from django.apps import apps
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import module_has_submodule
 
 from jobs.ratelimit import parse_rate
@@ -130,4 +130,18 @@ def queues_come_from_routes(app_configs, **kwargs) -> list[Error]:
         )
         for name, task in sorted(_project_tasks().items())
         if getattr(task, "queue", None)
+    ]
+
+
+@register(Tags.security, deploy=True)
+def metrics_need_a_token(app_configs, **kwargs) -> list[Warning]:
+    if settings.METRICS_BEARER_TOKEN:
+        return []
+    return [
+        Warning(
+            "METRICS_BEARER_TOKEN is empty: anyone can read /metrics (queue, task and worker "
+            "names, backlogs)",
+            hint="Set it, and give Prometheus the same token (bearer_token in its scrape job).",
+            id="jobs.W001",
+        )
     ]

@@ -10,18 +10,12 @@ Two scopes (`/readyz?scope=...`, jobs/views.py):
 A probe is cheap and bounded whatever its dependencies do:
 - Workers are not pinged (a ping waits its whole timeout, since nobody knows how many workers
   will answer): they publish heartbeats to Redis (jobs/heartbeats.py), and the checks read them.
-- Each check runs in a thread of its own and counts as failed once it has run for
-  READINESS_CHECK_TIMEOUT without an answer, so a probe answers within one timeout.
-- At most one run of each check is in flight per process. A probe that finds one running (a
-  dependency that hangs) waits for that run instead of starting another, so a hung dependency
-  holds one thread, not one per probe, and concurrent probes share one run.
-- A result is reused for READINESS_CACHE_SECONDS after it came in, so any number of pollers
-  cost about one.
+- Each check is a BoundedProbe (jobs/probes.py): it runs in a thread of its own and counts as
+  failed once it has run for READINESS_CHECK_TIMEOUT without an answer, so a probe answers
+  within one timeout; one run per check is in flight per process, however many probes wait;
+  a result is reused for READINESS_CACHE_SECONDS.
 """
 
-import concurrent.futures
-import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +25,7 @@ from django.db import connection, connections
 
 from config.celery import app
 from jobs.heartbeats import beat_heartbeat_age, worker_heartbeats
+from jobs.probes import BoundedProbe, Call, calls_awaited
 
 
 @dataclass(frozen=True)
@@ -84,61 +79,33 @@ def check_beat() -> CheckResult:
     return CheckResult(ok=True, detail=f"last heartbeat {age:.1f}s ago")
 
 
-@dataclass(frozen=True)
-class _Run:
-    started: float  # time.monotonic()
-    future: concurrent.futures.Future
+def _check_failed(error: Exception) -> CheckResult:
+    return CheckResult(ok=False, detail=f"{type(error).__name__}: {error}")
 
 
-class _Check:
-    """One check in this process: its latest result, and its run in flight if there is one."""
+def _check_timed(result: CheckResult, seconds: float) -> CheckResult:
+    return CheckResult(result.ok, result.detail, _milliseconds(seconds))
 
-    def __init__(self, name: str, function: Callable[[], CheckResult]) -> None:
-        self.name = name
-        self.function = function
-        self._lock = threading.Lock()
-        self._run: _Run | None = None
-        self._last: CheckResult | None = None
-        self._last_at = -math.inf  # time.monotonic() when the latest result came in
 
-    def result_or_run(self) -> CheckResult | _Run:
-        """A result recent enough to reuse, or the run that will give one: the run in flight,
-        or, when there is none, a new one."""
-        with self._lock:
-            if time.monotonic() - self._last_at < settings.READINESS_CACHE_SECONDS:
-                return self._last
-            if self._run is None:
-                self._run = _Run(started=time.monotonic(), future=concurrent.futures.Future())
-                # A daemon thread: one stuck in a hung dependency must not hold up the exit of
-                # the process (a gunicorn worker restarting).
-                threading.Thread(
-                    target=self._execute,
-                    args=(self._run.future,),
-                    name=f"readyz-{self.name}",
-                    daemon=True,
-                ).start()
-            return self._run
-
-    def _execute(self, future: concurrent.futures.Future) -> None:
-        started = time.monotonic()
-        try:
-            result = self.function()
-        except Exception as error:  # any failure of a dependency means "not ready"
-            result = CheckResult(ok=False, detail=f"{type(error).__name__}: {error}")
-        result = CheckResult(result.ok, result.detail, _milliseconds(time.monotonic() - started))
-        with self._lock:
-            self._run, self._last, self._last_at = None, result, time.monotonic()
-        future.set_result(result)
+def _check(name: str, function: Callable[[], CheckResult]) -> BoundedProbe[CheckResult]:
+    return BoundedProbe(
+        name,
+        function,
+        failed=_check_failed,  # any failure of a dependency means "not ready"
+        timed=_check_timed,
+        cache_seconds=lambda: settings.READINESS_CACHE_SECONDS,
+        thread_prefix="readyz",
+    )
 
 
 CHECKS = {
     check.name: check
     for check in (
-        _Check("database", check_database),
-        _Check("broker", check_broker),
-        _Check("worker", check_workers),
-        _Check("queues", check_queues),
-        _Check("beat", check_beat),
+        _check("database", check_database),
+        _check("broker", check_broker),
+        _check("worker", check_workers),
+        _check("queues", check_queues),
+        _check("beat", check_beat),
     )
 }
 SCOPES = {"deployment": tuple(CHECKS), "web": ("database",)}
@@ -148,26 +115,18 @@ DEFAULT_SCOPE = "deployment"
 def readiness_report(*, scope: str = DEFAULT_SCOPE) -> dict[str, CheckResult]:
     """The result of every check of `scope`, within one READINESS_CHECK_TIMEOUT."""
     timeout = settings.READINESS_CHECK_TIMEOUT
-    pending = {name: CHECKS[name].result_or_run() for name in SCOPES[scope]}
-    runs = [item for item in pending.values() if isinstance(item, _Run)]
-    if runs:
-        # A run that is `timeout` old without an answer has failed. Waiting until the youngest
-        # run is that old bounds the probe by one timeout, and a probe that finds only runs
-        # already that old (a dependency hanging since earlier probes) does not wait at all.
-        deadline = max(run.started for run in runs) + timeout
-        concurrent.futures.wait(
-            [run.future for run in runs], timeout=max(0.0, deadline - time.monotonic())
-        )
+    pending = {name: CHECKS[name].result_or_call() for name in SCOPES[scope]}
+    calls_awaited(pending.values(), timeout=timeout)
     return {name: _outcome(item, timeout) for name, item in pending.items()}
 
 
-def _outcome(item: CheckResult | _Run, timeout: float) -> CheckResult:
+def _outcome(item: CheckResult | Call, timeout: float) -> CheckResult:
     if isinstance(item, CheckResult):
         return item
     if item.future.done():
         return item.future.result()
     # The duration says how long the dependency has been hanging, which may be longer than
-    # this probe waited: the run may have started for an earlier probe.
+    # this probe waited: the call may have started for an earlier probe.
     running = time.monotonic() - item.started
     return CheckResult(
         ok=False, detail=f"no answer within {timeout:g}s", duration_ms=_milliseconds(running)

@@ -54,6 +54,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from jobs.base import DELIVERIES_COUNTED_HEADER, deliveries_counted
+from jobs.counters import rate_limit_deferral_count
 from jobs.redis import redis_client
 from jobs.retry import TransientError
 
@@ -233,6 +234,7 @@ def rate_limit_or_defer(task: Task, *, provider: str) -> None:
         # worker every other delivery, deferred in between, would never be counted.
         headers[DELIVERIES_COUNTED_HEADER] = True
     deferred.options["headers"] = headers
+    rate_limit_deferral_count(provider)
     # Celery's own apply_async, not PlatformTask's: inside transaction.atomic() that one would
     # publish on commit, and the Ignore raised below rolls the transaction back, message and all.
     Task.apply_async(task, deferred.args, deferred.kwargs, **deferred.options)

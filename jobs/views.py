@@ -1,5 +1,7 @@
+import hmac
 from dataclasses import asdict
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -40,4 +42,15 @@ def readyz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text (jobs/metrics.py), behind METRICS_BEARER_TOKEN when it is set."""
+    token = settings.METRICS_BEARER_TOKEN
+    given = request.headers.get("Authorization", "")
+    # Compared in constant time: a token guessed byte by byte from response times is no token.
+    if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return HttpResponse(
+            "/metrics needs Authorization: Bearer <METRICS_BEARER_TOKEN>.\n",
+            status=401,
+            content_type="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +33,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Aggregate, Count, F, Min, Sum, Value
+from django.db.models import Aggregate, Count, F, Min, QuerySet, Sum, Value
 from django.db.models.functions import Greatest
 from django.dispatch import Signal
 from django.utils import timezone
@@ -358,14 +359,15 @@ def upload_pipeline_resume(*, upload_id: str) -> None:
             _pipeline_start_enqueue(upload_id)
 
 
+def uploads_stalled() -> QuerySet[Upload]:
+    """Unfinished uploads past their deadline: what the sweep acts on, and /metrics counts."""
+    return Upload.objects.filter(status__in=UNFINISHED, deadline__lt=timezone.now())
+
+
 def uploads_stalled_sweep() -> int:
     """Resume or fail the unfinished uploads past their deadline, oldest first (the periodic
     `media.maintenance_uploads_sweep`). Returns how many it resumed or failed."""
-    stalled = (
-        Upload.objects.filter(status__in=UNFINISHED, deadline__lt=timezone.now())
-        .order_by("deadline")
-        .values_list("pk", flat=True)[:SWEEP_BATCH]
-    )
+    stalled = uploads_stalled().order_by("deadline").values_list("pk", flat=True)[:SWEEP_BATCH]
     acted = 0
     for upload_id in list(stalled):
         with transaction.atomic():
@@ -473,7 +475,11 @@ def upload_normalize(*, upload_id: str) -> bool:
     if not source.exists() and upload_file_path(upload_id, "original") is not None:
         # Redelivered after the source was normalized and removed: nothing left to make here.
         return Upload.objects.filter(pk=upload_id, status=Upload.Status.READY).exists()
-    written = image_normalize(source, upload_folder(upload_id))
+    written = None
+    with _unless_deleted_meanwhile(upload_id):
+        written = image_normalize(source, upload_folder(upload_id))
+    if written is None:
+        return True  # deleted while it ran: nothing follows
     original = written.pop("original")
     done = _step_record(
         upload_id=upload_id,
@@ -499,7 +505,11 @@ def upload_variant_make(*, upload_id: str, name: str) -> None:
     original = upload_file_path(upload_id, "original")
     if original is None:
         raise FileNotFoundError(f"normalized original of {upload_id} is missing")
-    image = image_variant_make(original, upload_folder(upload_id), VARIANTS_BY_NAME[name])
+    image = None
+    with _unless_deleted_meanwhile(upload_id):
+        image = image_variant_make(original, upload_folder(upload_id), VARIANTS_BY_NAME[name])
+    if image is None:
+        return
     _step_record(upload_id=upload_id, variants={name: image})
     _forget_files_if_deleted_meanwhile(upload_id)
 
@@ -661,6 +671,18 @@ def _forget_files_if_deleted_meanwhile(upload_id: str) -> None:
     # A DELETE while this step ran removed the folder, and the step's write made it again.
     if not Upload.objects.filter(pk=upload_id).exists():
         upload_files_delete(upload_id=upload_id)
+
+
+@contextlib.contextmanager
+def _unless_deleted_meanwhile(upload_id: str) -> Iterator[None]:
+    """Let a step's file work end quietly when the upload was deleted while it ran: the
+    deletion's file cleanup removed the folder under it (FileNotFoundError), and there is
+    nothing left to make. A file missing from an upload that still exists is an error."""
+    try:
+        yield
+    except FileNotFoundError:
+        if _live_upload(upload_id) is not None:
+            raise
 
 
 def _live_upload(upload_id: str) -> Upload | None:

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.emails import email_delivery_create
@@ -376,6 +377,15 @@ def push_lost_after() -> timedelta:
     return timedelta(seconds=longest_wait) + PUSH_LOST_MARGIN
 
 
+def push_deliveries_lost(*, now: datetime | None = None) -> QuerySet[PushDelivery]:
+    """Queued deliveries unmoved for longer than a live message waits: what the sweep queues
+    again (while the queue is empty), and /metrics counts."""
+    return PushDelivery.objects.filter(
+        status=PushDelivery.Status.QUEUED,
+        updated_at__lt=(now or timezone.now()) - push_lost_after(),
+    )
+
+
 def push_deliveries_sweep(*, now: datetime | None = None) -> int:
     """Queue again the push deliveries whose message was lost, and fail those too old to be
     news; returns how many it acted on.
@@ -397,9 +407,7 @@ def push_deliveries_sweep(*, now: datetime | None = None) -> int:
         pk__in=list(too_old), status=PushDelivery.Status.QUEUED
     ).update(status=PushDelivery.Status.FAILED, last_error=PUSH_EXPIRED, updated_at=now)
     lost = list(
-        PushDelivery.objects.filter(
-            status=PushDelivery.Status.QUEUED, updated_at__lt=now - push_lost_after()
-        )
+        push_deliveries_lost(now=now)
         .order_by("updated_at")
         .values_list("pk", "updated_at", "device__platform")[:SWEEP_BATCH]
     )

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import EmailDelivery, User
@@ -554,14 +554,22 @@ def report_fail(*, report_id: str, reason: str) -> None:
     )
 
 
+def reports_stalled(*, now: datetime | None = None) -> QuerySet[Report]:
+    """Reports still queued or rendering past their deadline: what the sweep acts on, and
+    /metrics counts."""
+    return Report.objects.filter(
+        status__in=[Report.Status.QUEUED, Report.Status.RENDERING],
+        deadline__lt=now or timezone.now(),
+    )
+
+
 def reports_stalled_sweep(*, now: datetime | None = None) -> int:
     """Queue again the reports still queued or rendering past their deadline, oldest first (the
     periodic `reports.sweep`), or fail those queued again REPORT_MAX_RESUMES times already.
     Returns how many it queued again or failed."""
     now = now or timezone.now()
-    unfinished = [Report.Status.QUEUED, Report.Status.RENDERING]
     stalled = list(
-        Report.objects.filter(status__in=unfinished, deadline__lt=now)
+        reports_stalled(now=now)
         .order_by("deadline")
         .values_list("pk", "status", "resumes")[:SWEEP_BATCH]
     )

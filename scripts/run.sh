@@ -7,17 +7,21 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 mkdir -p var
 
-# A development .env with a random secret and Flower password, made once per checkout. Real
-# environment variables win over it; honcho and Django both read it.
+# A development .env with a random secret, Flower password and metrics token, made once per
+# checkout. Real environment variables win over it; honcho and Django both read it.
+random() { .venv/bin/python -c "import secrets; print(secrets.token_urlsafe($1))"; }
 if [[ ! -f .env ]]; then
-    random() { .venv/bin/python -c "import secrets; print(secrets.token_urlsafe($1))"; }
     cat > .env <<ENV
 # Local development settings, written by \`make run\`. See .env.example for every variable.
 DEBUG=1
 SECRET_KEY=$(random 40)
 FLOWER_BASIC_AUTH=admin:$(random 12)
+METRICS_BEARER_TOKEN=$(random 24)
 ENV
     echo "Wrote .env for local development."
+elif ! grep -q '^METRICS_BEARER_TOKEN=' .env; then
+    # A .env written before /metrics needed a token.
+    echo "METRICS_BEARER_TOKEN=$(random 24)" >> .env
 fi
 set -a
 # shellcheck disable=SC1091
@@ -69,6 +73,8 @@ cat <<INFO
   Admin       http://localhost:$PORT/admin/      ($admin_line)
   API docs    http://localhost:$PORT/api/docs
   Readiness   http://localhost:$PORT/readyz
+  Metrics     curl -H "Authorization: Bearer ${METRICS_BEARER_TOKEN:-}" http://localhost:$PORT/metrics
+              (METRICS_BEARER_TOKEN in .env; Prometheus: bearer_token in its scrape job)
   Flower      http://localhost:${FLOWER_PORT:-5555}/     (user $flower_user, password $flower_password)
   Emails      written to var/emails/ (set EMAIL_URL to use SMTP)
 

@@ -1,9 +1,13 @@
 """Fixtures every test module may use: `redis_server`, `broker_server`, `celery_worker`,
 `start_worker`, `smtp`, `push_service`, `fcm_service`, `apns_service`."""
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.core.management.base import CommandError
+from django.db import OperationalError
+from django.test import TransactionTestCase
 
 from config.celery import app
 from jobs.redis import redis_circuit
@@ -154,6 +158,33 @@ def _broker_running_and_empty(
 # The one shared worker, started by the first test that needs it and kept for the session
 # (starting a prefork worker costs seconds).
 _SHARED_WORKER = WorkerProcess(logdir=SESSION_DIR / "processes")
+
+
+def _flush_tried_again_after_a_deadlock() -> None:
+    """A test that used a worker ends by flushing the database (TRUNCATE of every table) while
+    the worker may still be finishing the work's last step: the notification after the upload
+    the test waited for, say. The TRUNCATE locks table after table, the worker's transaction
+    holds a row of one and wants another, and PostgreSQL aborts one of the two as a deadlock.
+    When it aborts the flush, the next test would start on this one's rows; the flush is tried
+    again instead, once the worker's transaction has ended."""
+    flush = TransactionTestCase._fixture_teardown
+
+    def teardown(self) -> None:
+        for attempt in range(3):
+            try:
+                return flush(self)
+            except CommandError as error:
+                deadlock = isinstance(error.__cause__, OperationalError) and "deadlock" in str(
+                    error.__cause__
+                )
+                if not deadlock or attempt == 2:
+                    raise
+                time.sleep(0.5)
+
+    TransactionTestCase._fixture_teardown = teardown
+
+
+_flush_tried_again_after_a_deadlock()
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,12 @@ def test_compose_makes_the_deployer_declare_the_proxies_in_front_of_the_web():
     assert re.fullmatch(r"\$\{TRUSTED_PROXIES:\?[^}]+\}", declared), declared
 
 
+def test_compose_makes_the_deployer_set_a_token_for_the_metrics():
+    # /metrics names queues, tasks and worker hosts: compose does not start the web without one.
+    declared = SERVICES["web"]["environment"]["METRICS_BEARER_TOKEN"]
+    assert re.fullmatch(r"\$\{METRICS_BEARER_TOKEN:\?[^}]+\}", declared), declared
+
+
 def test_both_compose_brokers_keep_their_queued_work_across_a_restart(settings):
     # Redis, the default broker: an append-only file on a volume
     redis = SERVICES["redis"]
@@ -218,11 +224,12 @@ def test_every_variable_settings_read_is_documented_in_env_example():
 
 
 def test_production_settings_pass_the_deploy_check():
-    # given production settings: DEBUG off and a real secret
+    # given production settings: DEBUG off, a real secret, /metrics behind a token
     env = {
         "PATH": "/usr/bin:/bin",
         "DEBUG": "0",
         "SECRET_KEY": "x" * 30 + "production-like-secret-value-42",
+        "METRICS_BEARER_TOKEN": "a-token-prometheus-also-has",
     }
     # when Django's deployment checklist runs, warnings counted as failures
     result = subprocess.run(

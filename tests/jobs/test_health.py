@@ -332,6 +332,7 @@ def test_an_unknown_scope_is_refused(client):
     assert response.json()["errors"]["scope"] == ["Must be one of: deployment, web."]
 
 
+@pytest.mark.django_db
 def test_metrics_speak_prometheus_text(client):
     response = client.get("/metrics")
     assert response.status_code == 200
