@@ -65,23 +65,34 @@ def broker_is_rabbitmq(url: str | None = None) -> bool:
 
 def messages_waiting(queue: str) -> int:
     """How many messages wait in `queue` on the broker, not counting those workers hold; 0 for
-    a queue the broker does not have. Raises if the broker cannot be reached."""
-    from config.celery import app
-
-    with app.connection_for_read() as connection:
-        channel = connection.channel()
-        try:
-            return channel.queue_declare(queue=queue, passive=True).message_count
-        except connection.channel_errors as error:
-            if _not_found(error):
-                return 0  # never declared, or (Redis) empty: its list does not exist
-            raise  # refused (access, a read-only Redis): the broker did not say
+    a queue the broker does not have (never declared, or on Redis empty: its list does not
+    exist). Raises if the broker cannot be reached or refuses (access, a read-only Redis)."""
+    return messages_waiting_in([queue])[queue]
 
 
 def _not_found(error: Exception) -> bool:
     """A passive declare's answer that the queue does not exist: AMQP's 404, which kombu's
     virtual transports (Redis) give as a channel error with the same code and text."""
     return str(getattr(error, "code", "")) == "404" or "NOT_FOUND" in str(error)
+
+
+def messages_waiting_in(queues: list[str]) -> dict[str, int]:
+    """messages_waiting for each queue, over one connection."""
+    from config.celery import app
+
+    waiting = {}
+    with app.connection_for_read() as connection:
+        for queue in queues:
+            channel = connection.channel()
+            try:
+                waiting[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except connection.channel_errors as error:
+                if not _not_found(error):
+                    raise
+                waiting[queue] = 0  # a passive declare of a missing queue closes its channel
+            else:
+                channel.close()
+    return waiting
 
 
 def queue_drained(queue: str) -> bool:

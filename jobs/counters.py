@@ -72,24 +72,31 @@ def task_run_count(
         counts[f"failed|{task_name}|{exception}"] = 1
     elif counter:
         counts[f"{counter}|{task_name}"] = 1
-    sums = _observed(counts, RUNTIME, task_name, runtime)
+    # The run time of runs that did their work: a deferral or a skipped duplicate returns in
+    # milliseconds, and counting those would pull every quantile towards nothing.
+    sums = _observed(counts, RUNTIME, task_name, runtime) if counter else {}
     if queue_wait is not None:
         sums.update(_observed(counts, QUEUE_WAIT, task_name, queue_wait))
     _add(counts, sums)
 
 
-def queue_wait_of(request, *, started_at: float) -> float | None:
-    """Seconds the message waited in its queue before this run began: from when it was
-    published, or from its ETA if it had one (a countdown, a retry's backoff, a rate limit's
-    slot: waits on purpose, not backlog). None for a message without a publish time."""
-    published_at = (request.headers or {}).get(PUBLISHED_AT_HEADER)
+def due_at(headers: dict, eta: str | None) -> float | None:
+    """When a message became due (Unix seconds): its publish time, or its ETA if later (a
+    countdown, a retry's backoff, a rate limit's slot: waits on purpose, not backlog). None for
+    a message without a publish time."""
+    published_at = headers.get(PUBLISHED_AT_HEADER)
     if not isinstance(published_at, int | float):
         return None
-    due = published_at
-    if request.eta:
+    if eta:
         with contextlib.suppress(TypeError, ValueError):
-            due = max(due, datetime.fromisoformat(request.eta).timestamp())
-    return max(0.0, started_at - due)
+            return max(published_at, datetime.fromisoformat(eta).timestamp())
+    return published_at
+
+
+def queue_wait_of(request, *, started_at: float) -> float | None:
+    """Seconds the message waited in its queue, once due, before this run began."""
+    due = due_at(request.headers or {}, request.eta)
+    return None if due is None else max(0.0, started_at - due)
 
 
 def rate_limit_deferral_count(provider: str) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import redis
 from celery import signals
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Count, Min, Sum
 from django.utils import timezone
 from prometheus_client.core import (
@@ -38,13 +39,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from jobs.brokers import broker_is_rabbitmq, messages_waiting
+from jobs.brokers import broker_is_rabbitmq, messages_waiting_in
 from jobs.counters import (
     PUBLISHED_AT_HEADER,
     QUEUE_WAIT,
     RUNTIME,
     Histogram,
     counters_read,
+    due_at,
     task_sent_count,
 )
 from jobs.heartbeats import beat_heartbeat_age, worker_heartbeats
@@ -83,15 +85,15 @@ class BrokerFigures:
 
 def broker_figures() -> BrokerFigures:
     if broker_is_rabbitmq():
-        return BrokerFigures(
-            up=True, lengths={queue: messages_waiting(queue) for queue in settings.JOB_QUEUES}
-        )
+        return BrokerFigures(up=True, lengths=messages_waiting_in(settings.JOB_QUEUES))
     return _redis_broker_figures()
 
 
 def _redis_broker_figures() -> BrokerFigures:
     """Each queue's length and its oldest message, in one round trip. kombu pushes on the
-    left of a queue's list and takes from the right: the oldest message is the last one."""
+    left of a queue's list and takes from the right: the oldest message is the last one (a
+    message a worker gave back, restored to the right, is next too). Messages carry no
+    priority here, so each queue is its one list (kombu's priority steps stay empty)."""
     client = _redis_broker_client()
     pipeline = client.pipeline(transaction=False)
     for queue in settings.JOB_QUEUES:
@@ -102,9 +104,9 @@ def _redis_broker_figures() -> BrokerFigures:
     lengths, ages = {}, {}
     for index, queue in enumerate(settings.JOB_QUEUES):
         lengths[queue] = answers[2 * index]
-        published_at = _published_at(answers[2 * index + 1])
-        if published_at is not None:
-            ages[queue] = max(0.0, now - published_at)
+        due = _due_at(answers[2 * index + 1])
+        if due is not None:
+            ages[queue] = max(0.0, now - due)
     return BrokerFigures(up=True, lengths=lengths, oldest_ages=ages)
 
 
@@ -124,14 +126,16 @@ def _redis_broker_client() -> redis.Redis:
     return _redis_broker_clients[url]
 
 
-def _published_at(raw: bytes | None) -> float | None:
+def _due_at(raw: bytes | None) -> float | None:
+    """When the message became due: a retry given back by a worker during a deploy waits in
+    the list for its ETA, and is not late before it."""
     if raw is None:
         return None
     try:
-        value = json.loads(raw)["headers"][PUBLISHED_AT_HEADER]
-    except (ValueError, KeyError, TypeError):
-        return None  # published before the header existed, or not a Celery message
-    return value if isinstance(value, int | float) else None
+        headers = json.loads(raw)["headers"]
+        return due_at(headers, headers.get("eta"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # not a Celery message
 
 
 BROKER_PROBE = BoundedProbe(
@@ -180,16 +184,31 @@ class PlatformCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._broker()
-        yield from self._heartbeats()
-        yield from self._tasks()
-        yield from self._database()
+        # Each source on its own: one that is down leaves its figures out (and says so in its
+        # *_up gauge), never the whole scrape, which the operator needs most just then.
+        try:
+            redis_figures = [*self._heartbeats(), *self._tasks()]
+        except redis.RedisError as error:
+            logger.warning("metrics: no figures from Redis: %r", error)
+            redis_figures = []
+        yield _gauge(
+            "jobs_redis_up", "Whether Redis answered this scrape.", int(bool(redis_figures))
+        )
+        yield from redis_figures
+        try:
+            database_figures = list(self._database())
+        except DatabaseError as error:
+            logger.warning("metrics: no figures from the database: %r", error)
+            database_figures = []
+        yield _gauge(
+            "jobs_database_up",
+            "Whether the database answered this scrape.",
+            int(bool(database_figures)),
+        )
+        yield from database_figures
 
     def _tasks(self) -> Iterator[Metric]:
-        try:
-            fields = counters_read()
-        except redis.RedisError as error:
-            logger.warning("metrics: no task counters from Redis: %r", error)
-            return
+        fields = counters_read()
         counters = {
             name: CounterMetricFamily(f"celery_task_{name}", documentation, labels=["name"])
             for name, documentation in (
@@ -250,12 +269,10 @@ class PlatformCollector(Collector):
         yield age
 
     def _heartbeats(self) -> Iterator[Metric]:
-        try:
-            workers = worker_heartbeats()
-            beat_age = beat_heartbeat_age()
-        except redis.RedisError as error:
-            logger.warning("metrics: no heartbeats from Redis: %r", error)
-            return
+        workers = worker_heartbeats()
+        beat_age = beat_heartbeat_age()
+        # Only live workers: a dead one's record expires, and its name with it. Alert on the
+        # count and on each queue's consumers, not on a worker's series going to 0.
         up = GaugeMetricFamily(
             "celery_worker_up", "A worker whose heartbeat is fresh.", labels=["hostname"]
         )
@@ -263,10 +280,21 @@ class PlatformCollector(Collector):
             up.add_metric([name], 1)
         yield up
         yield _gauge("celery_active_worker_count", "Workers with a fresh heartbeat.", len(workers))
+        consumers = GaugeMetricFamily(
+            "jobs_queue_consumers",
+            "Workers with a fresh heartbeat that consume the queue (0: its work waits).",
+            labels=["queue_name"],
+        )
+        for queue in settings.JOB_QUEUES:
+            consumers.add_metric([queue], sum(queue in queues for queues in workers.values()))
+        yield consumers
+        beat = GaugeMetricFamily(
+            "jobs_beat_last_tick_age_seconds",
+            "Seconds since beat last ticked; no sample when beat never did (or an hour ago).",
+        )
         if beat_age is not None:
-            yield _gauge(
-                "jobs_beat_last_tick_age_seconds", "Seconds since beat last ticked.", beat_age
-            )
+            beat.add_metric([], beat_age)
+        yield beat
 
     def _database(self) -> Iterator[Metric]:
         letters = GaugeMetricFamily(
@@ -328,9 +356,12 @@ def _histogram(
             continue
         task = key[len(prefix) :]
         cumulative, buckets = 0.0, []
-        for bound in [*histogram.buckets, "+Inf"]:
+        for bound in histogram.buckets:
             cumulative += fields.get(f"{histogram.name}_bucket|{task}|{bound}", 0.0)
-            buckets.append((str(float(bound)) if bound != "+Inf" else bound, cumulative))
+            buckets.append((str(float(bound)), cumulative))
+        # Every observation: the stored count, not the buckets added up, so observations of
+        # bounds since changed still count.
+        buckets.append(("+Inf", fields[key]))
         family.add_metric(
             [task], buckets=buckets, sum_value=fields.get(f"{histogram.name}_sum|{task}", 0.0)
         )

@@ -108,8 +108,14 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-last_failed_at"]
-        # The admin's list, newest first, and an erasure's question: which failed since it began?
-        indexes = [models.Index(fields=["last_failed_at"], name="jobs_deadletter_last_failed")]
+        indexes = [
+            # The admin's list, newest first, and an erasure's question: which failed since it
+            # began?
+            models.Index(fields=["last_failed_at"], name="jobs_deadletter_last_failed"),
+            # /metrics counts them by status on every scrape; re-driven and discarded ones are
+            # kept, so the table only grows.
+            models.Index(fields=["status"], name="jobs_deadletter_status"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name} {self.exception_class} ({self.status})"

@@ -44,9 +44,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text (jobs/metrics.py), behind METRICS_BEARER_TOKEN when it is set."""
     token = settings.METRICS_BEARER_TOKEN
-    given = request.headers.get("Authorization", "")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Compared in constant time: a token guessed byte by byte from response times is no token.
-    if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # The scheme's name is case-insensitive (RFC 9110).
+    if token and not (
+        scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+    ):
         return HttpResponse(
             "/metrics needs Authorization: Bearer <METRICS_BEARER_TOKEN>.\n",
             status=401,

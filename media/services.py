@@ -683,6 +683,8 @@ def _unless_deleted_meanwhile(upload_id: str) -> Iterator[None]:
     except FileNotFoundError:
         if _live_upload(upload_id) is not None:
             raise
+        # The step may have made the folder again before it failed: nothing of it may stay.
+        upload_files_delete(upload_id=upload_id)
 
 
 def _live_upload(upload_id: str) -> Upload | None:

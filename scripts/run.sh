@@ -19,8 +19,9 @@ FLOWER_BASIC_AUTH=admin:$(random 12)
 METRICS_BEARER_TOKEN=$(random 24)
 ENV
     echo "Wrote .env for local development."
-elif ! grep -q '^METRICS_BEARER_TOKEN=' .env; then
-    # A .env written before /metrics needed a token.
+elif ! grep -q '^METRICS_BEARER_TOKEN=.' .env; then
+    # A .env written before /metrics needed a token, or copied from .env.example (empty); the
+    # last line wins when it is read.
     echo "METRICS_BEARER_TOKEN=$(random 24)" >> .env
 fi
 set -a
