@@ -8,6 +8,7 @@ and a benchmark points the environment at its own services before it sets Django
 
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,34 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60.0
 
 
+# Ports are picked below the kernel's ephemeral range: a port picked there (bind to port 0) can
+# be handed to any outgoing connection between the pick and a server's (re)start, which is how a
+# session's SMTP server once found its port taken twenty minutes into a run.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PICKED_PORT = 10000
+_ports_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port of 127.0.0.1 nothing listens on now, never handed out before by this process, and
+    outside the range the kernel gives to outgoing connections."""
+    try:
+        ephemeral_start = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768
+    candidates = list(range(_LOWEST_PICKED_PORT, ephemeral_start))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between {_LOWEST_PICKED_PORT} and {ephemeral_start}")
 
 
 def answers_http(port: int, path: str = "/healthz") -> bool:
