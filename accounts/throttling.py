@@ -11,7 +11,6 @@ out of their usual browser (OWASP's "device cookies"). A password reset clears t
 failures: proving the mailbox is proof enough.
 """
 
-import functools
 import hashlib
 import ipaddress
 import logging
@@ -26,6 +25,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts.models import address_normalize
+from config.proxies import is_trusted_proxy
 from jobs.ratelimit import parse_rate
 from jobs.redis import redis_client
 from jobs.windows import WindowFull, WindowLimit, window_limits_spend
@@ -56,13 +56,13 @@ def client_ip(request: HttpRequest) -> str:
     IPv6 clients count by their /64, the block one customer gets."""
     remote = request.META.get("REMOTE_ADDR", "")
     forwarded_header = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if not _is_trusted_proxy(remote):
+    if not is_trusted_proxy(remote):
         if forwarded_header:
             _warn_untrusted_forwarding(remote)
         return _limit_key(remote)
     forwarded = [part.strip() for part in forwarded_header.split(",")]
     for candidate in reversed(forwarded):
-        if not _is_trusted_proxy(candidate):
+        if not is_trusted_proxy(candidate):
             return _limit_key(candidate if _is_ip(candidate) else remote)
     return _limit_key(remote)
 
@@ -77,21 +77,6 @@ def _limit_key(address: str) -> str:
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
-
-
-def _is_trusted_proxy(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a dual-stack socket reports 10.0.0.1 as ::ffff:10.0.0.1
-    return any(ip in network for network in _trusted_networks(tuple(settings.TRUSTED_PROXIES)))
-
-
-@functools.cache
-def _trusted_networks(entries: tuple[str, ...]) -> tuple[ipaddress._BaseNetwork, ...]:
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
 # At most one warning this often per process: enough to be seen, and a flood of forged headers

@@ -1,12 +1,17 @@
 """The Celery application. Workers, beat and Flower start from here: `celery -A config ...`."""
 
+import logging.config
 import os
+
+from celery import signals
 
 # Connect what a worker does as it starts and around each task (only a worker sends those
 # signals): its pool processes keep freed memory for their next task, and their database
-# connections under Django's CONN_MAX_AGE.
+# connections under Django's CONN_MAX_AGE; a task runs holding its message's request id, which
+# every process carries into the messages it publishes.
 import jobs.connections
-import jobs.memory  # noqa: F401
+import jobs.memory
+import jobs.request_ids  # noqa: F401
 from jobs.brokers import PlatformCelery, broker_is_rabbitmq, work_queues
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -28,3 +33,12 @@ app.conf.worker_cancel_long_running_tasks_on_connection_loss = broker_is_rabbitm
 # imported, so only a worker loads it.
 app.steps["consumer"].add("jobs.heartbeats:WorkerHeartbeat")
 app.autodiscover_tasks()
+
+
+@signals.setup_logging.connect
+def _logging_as_django_does(**options) -> None:
+    # Workers and beat log through settings.LOGGING, like the web: the same format (LOG_FORMAT),
+    # level (LOG_LEVEL, not --loglevel) and request ids, where Celery would install its own.
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)

@@ -21,7 +21,11 @@ was stored by the broker.
 import hashlib
 import json
 import logging
+import logging.config
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
 
 from celery import Celery
 from celery.utils.time import maybe_make_aware
@@ -156,9 +160,21 @@ class PlatformCelery(Celery):
       publishers (a memory or disk alarm) or hangs would otherwise hold a worker's retry, a
       canvas step or beat for as long as it lasts. A publish that times out fails as on Redis,
       and a failed retry waits in the outbox.
+
+    And one thing of logging: with LOG_FORMAT=json, workers and beat start quiet, as with
+    `celery --quiet`, and with logging set up already. Their start-up banners and warnings are
+    printed to stdout and stderr, past logging, and would be the only lines that are not JSON.
     """
 
     _delay_topology_declared = False
+
+    @cached_property
+    def Worker(self):
+        return _quiet_when_logging_json(super().Worker)
+
+    @cached_property
+    def Beat(self):
+        return _quiet_when_logging_json(super().Beat)
 
     def send_task(self, name, args=None, kwargs=None, countdown=None, eta=None, **options):
         if broker_is_rabbitmq(self.conf.broker_url):
@@ -188,6 +204,18 @@ class PlatformCelery(Celery):
         for queue in self.amqp.queues.values():
             bind_queue_to_native_delayed_delivery_exchange(connection, queue)
         PlatformCelery._delay_topology_declared = True
+
+
+def _quiet_when_logging_json(program: type) -> Callable[..., Any]:
+    def started(*args: Any, **options: Any) -> Any:
+        if settings.LOG_FORMAT == "json":
+            options["quiet"] = True
+            # What Celery warns of before it sets logging up (running as root) is JSON too.
+            logging.captureWarnings(True)
+            logging.config.dictConfig(settings.LOGGING)
+        return program(*args, **options)
+
+    return started
 
 
 def _seconds_until(

@@ -43,6 +43,9 @@ class OutboxMessage(models.Model):
     # (docs/ordering.md); blank for the unordered rest. Only ordered rows are ever marked
     # finished: the next row of their key waits for exactly that.
     ordering_key = models.CharField(max_length=200, blank=True)
+    # The request that wrote the row (jobs/request_ids.py): its task carries the id whenever it
+    # is published, so the worker's lines name the request.
+    request_id = models.CharField(max_length=128, blank=True)
     ordering_position = models.PositiveBigIntegerField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -41,6 +41,8 @@ from kombu.exceptions import OperationalError
 from config.celery import app
 from jobs.models import OutboxMessage
 from jobs.redis import redis_circuit
+from jobs.request_ids import MESSAGE_HEADER as REQUEST_ID_HEADER
+from jobs.request_ids import current_request_id
 from jobs.retry import DEFAULT_BACKOFF
 from jobs.selectors import ordering_message_unfinished
 
@@ -188,6 +190,7 @@ def _outbox_write(
         claimed_until=None if stays_in_database else now + timedelta(seconds=CLAIM_SECONDS),
         ordering_key=place.ordering_key if place else "",
         ordering_position=place.position if place else None,
+        request_id=current_request_id() or "",
     )
     if not stays_in_database:
         countdown = delay.total_seconds() if delay else None
@@ -419,7 +422,7 @@ class _PublishingConnection(threading.local):
         try:
             app.send_task(
                 message.task_name,
-                headers=_ordering_headers(message),
+                headers=_message_headers(message),
                 kwargs=message.kwargs,
                 task_id=message.celery_task_id,
                 retries=message.retries,
@@ -472,10 +475,11 @@ def bounded_publishing_connection() -> Connection:
     )
 
 
-def _ordering_headers(message: OutboxMessage) -> dict[str, str] | None:
-    if not message.ordering_key:
-        return None
-    return {ORDERED_ROW_HEADER: str(message.pk), ORDERING_KEY_HEADER: message.ordering_key}
+def _message_headers(message: OutboxMessage) -> dict[str, str]:
+    headers = {REQUEST_ID_HEADER: message.request_id} if message.request_id else {}
+    if message.ordering_key:
+        headers |= {ORDERED_ROW_HEADER: str(message.pk), ORDERING_KEY_HEADER: message.ordering_key}
+    return headers
 
 
 def _is_broker_failure(error: Exception) -> bool:
