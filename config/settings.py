@@ -265,6 +265,12 @@ CELERY_BEAT_SCHEDULER = "jobs.beat:HeartbeatDatabaseScheduler"
 CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 # /readyz calls beat stale when its heartbeat is older than this many seconds.
 BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=60)
+# Beat sends a canary task to every queue this often (jobs/canary.py), and /readyz fails when a
+# queue's last one came back longer ago than the max age: work sent to that queue is not being
+# done, whether no worker takes from it or a backlog holds it up. Five minutes: ten canaries
+# missed, and longer than a user should wait for an email or a thumbnail.
+JOBS_CANARY_INTERVAL_SECONDS = env.float("JOBS_CANARY_INTERVAL_SECONDS", default=30.0)
+JOBS_CANARY_MAX_AGE_SECONDS = env.float("JOBS_CANARY_MAX_AGE_SECONDS", default=300.0)
 # Each /readyz check gives up after this many seconds, so the endpoint itself never hangs.
 READINESS_CHECK_TIMEOUT = env.float("READINESS_CHECK_TIMEOUT", default=2.0)
 # A web process reuses each /readyz check's result for this many seconds, so any number of pollers

@@ -13,14 +13,17 @@ and expire, which makes that rare overlap harmless.
 """
 
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 
 import redis
 from django.conf import settings
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from jobs.canary import canaries_send
 from jobs.heartbeats import beat_heartbeat_record
 from jobs.redis import redis_client
 
@@ -74,7 +77,8 @@ def beat_lock_holder() -> str | None:
 
 
 class HeartbeatDatabaseScheduler(DatabaseScheduler):
-    """Sends periodic tasks only while holding the beat lock; records a heartbeat when it does.
+    """Sends periodic tasks only while holding the beat lock; records a heartbeat when it does,
+    and sends the queues' canaries (jobs/canary.py) every JOBS_CANARY_INTERVAL_SECONDS.
 
     A beat process can be up yet stuck (a hung database query, a lost lock); only a heartbeat
     written from inside the scheduling loop, by the beat that holds the lock, tells /readyz that
@@ -84,6 +88,7 @@ class HeartbeatDatabaseScheduler(DatabaseScheduler):
     def __init__(self, *args, **kwargs) -> None:
         self._lock_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._holder: str | None = None  # as last seen: None before the first tick asked
+        self._canaries_sent_at = -math.inf
         super().__init__(*args, **kwargs)
 
     def tick(self, *args, **kwargs) -> float:
@@ -91,6 +96,9 @@ class HeartbeatDatabaseScheduler(DatabaseScheduler):
             return LOCK_RETRY_SECONDS
         seconds_until_next_tick = super().tick(*args, **kwargs)
         beat_heartbeat_record()
+        if time.monotonic() - self._canaries_sent_at >= settings.JOBS_CANARY_INTERVAL_SECONDS:
+            self._canaries_sent_at = time.monotonic()
+            canaries_send()
         return min(seconds_until_next_tick, settings.JOBS_BEAT_LOCK_TTL_SECONDS / RENEWALS_PER_TTL)
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 Two scopes (`/readyz?scope=...`, jobs/views.py):
 - `deployment` (the default): the database, the broker, a live worker, a consumer for every
-  queue of settings.JOB_QUEUES, and a fresh beat heartbeat. For monitoring and alerting.
+  queue of settings.JOB_QUEUES, a fresh beat heartbeat, and a canary back lately from every
+  queue (jobs/canary.py). For monitoring and alerting.
 - `web`: the database only, all a web process needs to answer requests. For the web tier's
   readiness probe, so that a broker outage (which the outbox absorbs) never takes every web
   process out of rotation.
@@ -16,6 +17,7 @@ A probe is cheap and bounded whatever its dependencies do:
   a result is reused for READINESS_CACHE_SECONDS.
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from django.conf import settings
 from django.db import connection, connections
 
 from config.celery import app
+from jobs.canary import canary_ages
 from jobs.heartbeats import beat_heartbeat_age, worker_heartbeats
 from jobs.probes import BoundedProbe, Call, calls_awaited
 
@@ -79,6 +82,25 @@ def check_beat() -> CheckResult:
     return CheckResult(ok=True, detail=f"last heartbeat {age:.1f}s ago")
 
 
+def check_canaries() -> CheckResult:
+    ages = canary_ages()
+    late = [
+        f"{queue} ({_age(age)})"
+        for queue, age in ages.items()
+        if age > settings.JOBS_CANARY_MAX_AGE_SECONDS
+    ]
+    if late:
+        return CheckResult(ok=False, detail=f"no canary back lately from {', '.join(late)}")
+    oldest = max(ages, key=ages.get)
+    return CheckResult(
+        ok=True, detail=f"every queue consumed; oldest canary {oldest} ({_age(ages[oldest])})"
+    )
+
+
+def _age(seconds: float) -> str:
+    return "never" if math.isinf(seconds) else f"{seconds:.0f}s ago"
+
+
 def _check_failed(error: Exception) -> CheckResult:
     return CheckResult(ok=False, detail=f"{type(error).__name__}: {error}")
 
@@ -106,6 +128,7 @@ CHECKS = {
         _check("worker", check_workers),
         _check("queues", check_queues),
         _check("beat", check_beat),
+        _check("canary", check_canaries),
     )
 }
 SCOPES = {"deployment": tuple(CHECKS), "web": ("database",)}

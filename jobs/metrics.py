@@ -40,6 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from jobs.brokers import broker_is_rabbitmq, messages_waiting_in
+from jobs.canary import canary_ages
 from jobs.counters import (
     PUBLISHED_AT_HEADER,
     QUEUE_WAIT,
@@ -295,6 +296,15 @@ class PlatformCollector(Collector):
         if beat_age is not None:
             beat.add_metric([], beat_age)
         yield beat
+        canary = GaugeMetricFamily(
+            "jobs_canary_age_seconds",
+            "Seconds since a canary sent by beat last came back from the queue through a worker "
+            "(+Inf: none has since Redis started).",
+            labels=["queue_name"],
+        )
+        for queue, age in canary_ages().items():
+            canary.add_metric([queue], age)
+        yield canary
 
     def _database(self) -> Iterator[Metric]:
         letters = GaugeMetricFamily(

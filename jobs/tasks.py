@@ -6,7 +6,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 
 from config.celery import app
-from jobs import batches, brokers, idempotency, outbox
+from jobs import batches, brokers, canary, idempotency, outbox
 from jobs.base import failed_for_good
 from jobs.periodic import PeriodicJob, periodic_job_register
 
@@ -60,6 +60,13 @@ def _count_chunk_failed(task, error, task_id, args, kwargs, einfo) -> None:
 def batch_chunk_run(chunk_id: int, kind: str = "") -> None:
     # `kind` only routes the message; the chunk's row says what it is.
     batches.batch_chunk_run(chunk_id=chunk_id)
+
+
+# Sent by beat to each queue (jobs/canary.py); the queue is its argument, as a worker may consume
+# several.
+@shared_task(name=canary.CANARY_TASK)
+def canary_return(queue: str) -> None:
+    canary.canary_record(queue=queue)
 
 
 @shared_task(name="jobs.maintenance_batches_sweep", idempotent=True)

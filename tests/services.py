@@ -305,6 +305,19 @@ class WorkerProcess(CeleryProcess):
             "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
 
+    def pool_pids(self) -> list[int]:
+        """The pool processes of the running worker: its main process's children."""
+        main = self.process.pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # it exited while we looked
+            if parent == main:
+                children.append(int(stat.parent.name))
+        return children
+
     def is_ready(self) -> bool:
         try:
             return bool(app.control.ping(destination=[self.name], timeout=0.5))

@@ -120,7 +120,7 @@ def test_readyz_is_green_with_database_broker_worker_and_beat(client, celery_wor
     # when the readiness probe asks
     body = eventually(lambda: ready(client), timeout=10)
     # then every check passes and says what it saw
-    assert set(body["checks"]) == {"database", "broker", "worker", "queues", "beat"}
+    assert set(body["checks"]) == {"database", "broker", "worker", "queues", "beat", "canary"}
     assert all(check["ok"] for check in body["checks"].values()), body
     assert celery_worker.name in body["checks"]["worker"]["detail"]
 

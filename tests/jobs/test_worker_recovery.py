@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -56,24 +55,12 @@ def redis_now() -> float:
     return seconds + microseconds / 1e6
 
 
-def pool_processes_of(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue  # it exited while we looked
-        if parent == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def kill_whole(worker: WorkerProcess) -> None:
     """SIGKILL the worker's main process and its pool processes together, as the OOM killer
     taking the container or a lost host does (`WorkerProcess.kill()` kills the main one only)."""
     main = worker.process.pid
     os.kill(main, signal.SIGSTOP)  # frozen, it cannot start a new pool process meanwhile
-    for pid in [main, *pool_processes_of(main)]:
+    for pid in [main, *worker.pool_pids()]:
         os.kill(pid, signal.SIGKILL)
     worker.process.wait()
     worker.process = None

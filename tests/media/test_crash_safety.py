@@ -106,19 +106,6 @@ def received(worker: WorkerProcess, request: dict) -> int:
     return log.count(f"Task {request['name']}[{request['id']}] received")
 
 
-def pool_processes(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # exited while we looked
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
-
-
 def gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -239,7 +226,7 @@ def kill_worker_and_its_pool(worker: WorkerProcess) -> None:
     power cut or a node's out-of-memory killer would: nothing gets to clean up or hand back."""
     main = worker.process.pid
     os.kill(main, signal.SIGSTOP)  # frozen, it cannot replace a pool process we kill
-    pool = pool_processes(main)
+    pool = worker.pool_pids()
     assert pool, "a prefork worker has pool processes"
     for pid in pool:
         os.kill(pid, signal.SIGKILL)
