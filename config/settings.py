@@ -276,6 +276,9 @@ READINESS_CHECK_TIMEOUT = env.float("READINESS_CHECK_TIMEOUT", default=2.0)
 # A web process reuses each /readyz check's result for this many seconds, so any number of pollers
 # cost one check per period; 2 s is below any probe interval, so the next probe sees a change.
 READINESS_CACHE_SECONDS = env.float("READINESS_CACHE_SECONDS", default=2.0)
+# Where operators reach Flower (the task-level view, behind FLOWER_BASIC_AUTH); the operator's
+# page links to it. The default is where `make run` and the compose file publish it.
+FLOWER_URL = env.str("FLOWER_URL", default="http://localhost:5555/")
 # /metrics (jobs/metrics.py) answers only `Authorization: Bearer <this>` when it is set. Its
 # figures name queues, tasks and worker hosts: not for the public.
 METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")

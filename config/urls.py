@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.urls import api_urlpatterns as accounts_api
+from jobs import admin as jobs_admin
 from jobs import views as jobs_views
 from media.urls import api_urlpatterns as media_api
 from notifications.urls import api_urlpatterns as notifications_api
@@ -21,6 +22,12 @@ urlpatterns = [
     path("", include("media.urls")),
     path("", include("reports.urls")),
     path("", include("notifications.urls")),
+    # The operator's page, in the admin: its login, its staff check, its look.
+    path(
+        "admin/operations/",
+        admin.site.admin_view(jobs_admin.operations_page),
+        name="admin-operations",
+    ),
     path("admin/", admin.site.urls),
     path("", include("accounts.urls")),
 ]

@@ -1,12 +1,16 @@
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from jobs.batches import batch_chunks_redrive
 from jobs.deadletters import DeadLetterNotActionable, dead_letter_discard, dead_letter_redrive
 from jobs.models import Batch, BatchChunk, DeadLetter, OutboxMessage
+from jobs.operations import operations_overview
 from jobs.selectors import ordered_message_of_task, ordering_messages_held_up
 
 
@@ -129,3 +133,23 @@ class BatchChunkAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False  # read-only: a chunk changes only through the batch services
+
+
+OPERATIONS_PERMISSION = "jobs.view_deadletter"
+
+
+def operations_page(request: HttpRequest) -> TemplateResponse:
+    """The operator's page: queues, workers, beat, outbox, dead letters, stuck jobs, batches
+    (jobs/operations.py). Staff only, through the admin's own login (config/urls.py), and of
+    them those who may see dead letters: the page names what failed and links to them."""
+    if not request.user.has_perm(OPERATIONS_PERMISSION):
+        raise PermissionDenied
+    context = {
+        **admin.site.each_context(request),
+        "title": "Operations",
+        "overview": operations_overview(),
+        "canary_max_age": settings.JOBS_CANARY_MAX_AGE_SECONDS,
+        "beat_max_age": settings.BEAT_HEARTBEAT_MAX_AGE,
+        "flower_url": settings.FLOWER_URL,
+    }
+    return TemplateResponse(request, "admin/jobs/operations.html", context)

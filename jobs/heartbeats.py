@@ -109,6 +109,20 @@ def worker_heartbeats() -> dict[str, list[str]]:
     }
 
 
+def worker_heartbeat_ages(names: list[str]) -> dict[str, float]:
+    """Seconds since each worker last wrote its heartbeat, from what is left of its record's TTL:
+    on the Redis server's clock, like the rest. A worker whose record expired meanwhile is left
+    out."""
+    pipeline = redis_client().pipeline(transaction=False)
+    for name in names:
+        pipeline.pttl(WORKER_HEARTBEAT_PREFIX + name)
+    return {
+        name: max(0.0, WORKER_HEARTBEAT_TTL_SECONDS - left / 1000)
+        for name, left in zip(names, pipeline.execute(), strict=True)
+        if left >= 0
+    }
+
+
 class WorkerHeartbeat(bootsteps.StartStopStep):
     """A consumer step that writes the worker's heartbeat (its name and the queues it consumes
     right now, control commands included) every WORKER_HEARTBEAT_SECONDS.

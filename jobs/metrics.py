@@ -29,7 +29,7 @@ import redis
 from celery import signals
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -51,8 +51,8 @@ from jobs.counters import (
     task_sent_count,
 )
 from jobs.heartbeats import beat_heartbeat_age, worker_heartbeats
-from jobs.models import Batch, DeadLetter, OutboxMessage
 from jobs.probes import BoundedProbe, Call, calls_awaited
+from jobs.selectors import batches_running, dead_letters_by_status, outbox_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,10 @@ def stuck_jobs_register(job: str, count: Callable[[], int]) -> None:
     if job in _stuck_jobs:
         raise ValueError(f"stuck jobs {job!r} are registered twice")
     _stuck_jobs[job] = count
+
+
+def stuck_jobs_counted() -> dict[str, int]:
+    return {job: count() for job, count in sorted(_stuck_jobs.items())}
 
 
 # --- the collector --------------------------------------------------------------------------
@@ -310,28 +314,21 @@ class PlatformCollector(Collector):
         letters = GaugeMetricFamily(
             "jobs_dead_letters", "Dead letters, by status.", labels=["status"]
         )
-        counted = dict(
-            DeadLetter.objects.values_list("status").annotate(count=Count("pk")).order_by()
-        )
-        for status in DeadLetter.Status.values:
-            letters.add_metric([status], counted.get(status, 0))
+        for status, count in dead_letters_by_status().items():
+            letters.add_metric([status], count)
         yield letters
 
-        # Rows due: one delayed on purpose (a retry longer than a broker countdown) is not
-        # late before its time.
         now = timezone.now()
-        due = OutboxMessage.objects.filter(
-            status=OutboxMessage.Status.PENDING, release_at__lte=now
-        ).aggregate(count=Count("pk"), oldest=Min("release_at"))
-        yield _gauge("jobs_outbox_pending", "Outbox rows due and not yet published.", due["count"])
-        oldest = due["oldest"]
+        backlog = outbox_backlog(now=now)
+        yield _gauge("jobs_outbox_pending", "Outbox rows due and not yet published.", backlog.due)
+        oldest = backlog.oldest_due_at
         yield _gauge(
             "jobs_outbox_oldest_pending_age_seconds",
             "Seconds the oldest outbox row due has waited to be published (0: none).",
             (now - oldest).total_seconds() if oldest else 0.0,
         )
 
-        running = Batch.objects.filter(status=Batch.Status.RUNNING).aggregate(
+        running = batches_running().aggregate(
             count=Count("pk"), total=Sum("total"), done=Sum("done"), failed=Sum("failed")
         )
         yield _gauge("jobs_batches_running", "Batches not yet finished.", running["count"])
@@ -349,8 +346,8 @@ class PlatformCollector(Collector):
             "User-visible jobs past their deadline, by kind (their sweep acts on them).",
             labels=["job"],
         )
-        for job, count in sorted(_stuck_jobs.items()):
-            stuck.add_metric([job], count())
+        for job, count in stuck_jobs_counted().items():
+            stuck.add_metric([job], count)
         yield stuck
 
 

@@ -1,11 +1,13 @@
-"""Read queries of the job platform: ordered rows and what they hold up, a batch's progress."""
+"""Read queries of the job platform: ordered rows and what they hold up, a batch's progress, and
+what /metrics and the operator's page show of the outbox and the dead letters."""
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 
-from jobs.models import Batch, OutboxMessage
+from jobs.models import Batch, DeadLetter, OutboxMessage
 
 
 def ordering_message_unfinished() -> QuerySet[OutboxMessage]:
@@ -64,3 +66,43 @@ def batch_progress(*, batch_id: int) -> BatchProgress | None:
         pending=batch.total - batch.done - batch.failed,
         progress=batch.progress,
     )
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    due: int
+    oldest_due_at: datetime | None
+    unpublishable: int
+
+
+def outbox_backlog(*, now: datetime) -> OutboxBacklog:
+    """Rows due and not yet published, the oldest one's due time, and the rows given up on.
+    Only rows due: one delayed on purpose (a retry longer than a broker countdown) is not late
+    before its time."""
+    due = OutboxMessage.objects.filter(
+        status=OutboxMessage.Status.PENDING, release_at__lte=now
+    ).aggregate(count=Count("pk"), oldest=Min("release_at"))
+    unpublishable = OutboxMessage.objects.filter(status=OutboxMessage.Status.UNPUBLISHABLE)
+    return OutboxBacklog(
+        due=due["count"], oldest_due_at=due["oldest"], unpublishable=unpublishable.count()
+    )
+
+
+def dead_letters_by_status() -> dict[str, int]:
+    counted = dict(DeadLetter.objects.values_list("status").annotate(count=Count("pk")).order_by())
+    return {status: counted.get(status, 0) for status in DeadLetter.Status.values}
+
+
+def dead_letters_grouped(*, since: datetime) -> list[dict]:
+    """Dead letters that failed since `since`, by task and exception, the most first: each a
+    dict of task_name, exception_class, count and last (its latest failure)."""
+    return list(
+        DeadLetter.objects.filter(last_failed_at__gte=since)
+        .values("task_name", "exception_class")
+        .annotate(count=Count("pk"), last=Max("last_failed_at"))
+        .order_by("-count", "task_name", "exception_class")
+    )
+
+
+def batches_running() -> QuerySet[Batch]:
+    return Batch.objects.filter(status=Batch.Status.RUNNING)
