@@ -147,6 +147,8 @@ def operations_page(request: HttpRequest) -> TemplateResponse:
     context = {
         **admin.site.each_context(request),
         "title": "Operations",
+        # The whole width for the tables: the list of models is one click away, on Home.
+        "is_nav_sidebar_enabled": False,
         "overview": operations_overview(),
         "canary_max_age": settings.JOBS_CANARY_MAX_AGE_SECONDS,
         "beat_max_age": settings.BEAT_HEARTBEAT_MAX_AGE,
