@@ -57,10 +57,7 @@ class Beat(support.Server):
     def start(self) -> Self:
         from jobs.heartbeats import beat_heartbeat_age
 
-        command = [
-            sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
-            "--pidfile=",
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "celery", "-A", "config", "beat", "--pidfile="]
         with self.logfile.open("wb") as log:
             self.process = support.spawn(command, log=log)
         deadline = time.monotonic() + support.START_TIMEOUT_SECONDS

@@ -151,7 +151,7 @@ class Worker(Server):
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
             "--hostname", self.name, "--queues", ",".join(queues),
-            "--concurrency", str(self.concurrency), "--pool", "prefork", "--loglevel", "INFO",
+            "--concurrency", str(self.concurrency), "--pool", "prefork",
             # A lone worker has no peers to synchronise with; skip the start-up wait.
             "--without-mingle", "--without-gossip",
             *self.options,

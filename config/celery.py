@@ -42,3 +42,6 @@ def _logging_as_django_does(**options) -> None:
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+    # As Celery does when it sets logging up itself: a print() in a task is a log line too.
+    if app.conf.worker_redirect_stdouts:
+        app.log.redirect_stdouts(app.conf.worker_redirect_stdouts_level)

@@ -461,6 +461,9 @@ for _entry in TRUSTED_PROXIES:
         raise ImproperlyConfigured(
             f"TRUSTED_PROXIES: {_entry!r} is no address or network"
         ) from _error
+# Take a request's id from X-Request-ID when a trusted proxy sends it (jobs/request_ids.py). Off
+# behind a proxy that passes a client's header along instead of setting its own.
+REQUEST_ID_FROM_PROXY = env.bool("REQUEST_ID_FROM_PROXY", default=True)
 LOGIN_URL = "/login"
 
 # --- Media ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ that has to go through the queue can.
 import logging
 import math
 
+import redis
 from django.conf import settings
 from kombu.exceptions import OperationalError
 
@@ -37,8 +38,11 @@ redis.call('HSET', KEYS[1], ARGV[1], string.format('%s.%06d', now[1], now[2]))
 
 
 def canaries_send() -> None:
-    """One canary to each queue. Never raises for a broker that is down or hangs: beat's loop
-    must go on, and the canaries' ages show the outage."""
+    """One canary to each queue. Never raises: it runs in beat's scheduling loop, which an
+    exception would end, and every periodic job with it (Celery's own sends are guarded alike).
+    A broker that is down or hangs stops this round (each queue would wait as long); a queue
+    the broker refuses (another declaration of it, no permission) is skipped. The canaries'
+    ages show either."""
     for queue in settings.JOB_QUEUES:
         try:
             app.send_task(
@@ -47,15 +51,22 @@ def canaries_send() -> None:
                 queue=queue,
                 expires=settings.JOBS_CANARY_MAX_AGE_SECONDS,
                 retry=False,
-                timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
             )
         except (OperationalError, OSError) as error:
             logger.warning("canaries not sent: %s", error)
             return
+        except Exception:
+            logger.exception("canary for %s not sent", queue)
 
 
-def canary_record(*, queue: str) -> None:
-    redis_client().register_script(_RECORD_SCRIPT)(keys=[CANARY_KEY], args=[queue])
+def canary_return(*, queue: str) -> None:
+    """Record that a canary came back from `queue`. A Redis that fails only logs: the canary's
+    growing age says so already, and a dead letter per canary (twelve a minute) would bury the
+    ones a person must act on."""
+    try:
+        redis_client().register_script(_RECORD_SCRIPT)(keys=[CANARY_KEY], args=[queue])
+    except redis.RedisError as error:
+        logger.warning("canary from %s not recorded: %s", queue, error)
 
 
 def canary_ages() -> dict[str, float]:

@@ -45,7 +45,8 @@ class OutboxMessage(models.Model):
     ordering_key = models.CharField(max_length=200, blank=True)
     # The request that wrote the row (jobs/request_ids.py): its task carries the id whenever it
     # is published, so the worker's lines name the request.
-    request_id = models.CharField(max_length=128, blank=True)
+    # db_default: rows written by the release before this one (a rolling deploy) need no value.
+    request_id = models.CharField(max_length=128, blank=True, default="", db_default="")
     ordering_position = models.PositiveBigIntegerField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

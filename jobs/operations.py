@@ -24,6 +24,7 @@ from jobs.selectors import (
     dead_letters_by_status,
     dead_letters_grouped,
     outbox_backlog,
+    outbox_unpublishable_count,
 )
 
 # Dead letters are grouped over this window: what broke today, not the history.
@@ -59,6 +60,7 @@ class Overview:
     beat_holder: str | None
     outbox: OutboxBacklog
     outbox_oldest_age: float | None
+    outbox_unpublishable: int
     dead_letters_waiting: int
     dead_letter_groups: list[dict]
     dead_letters_since: datetime
@@ -109,6 +111,7 @@ def operations_overview() -> Overview:
         outbox_oldest_age=(now - backlog.oldest_due_at).total_seconds()
         if backlog.oldest_due_at
         else None,
+        outbox_unpublishable=outbox_unpublishable_count(),
         dead_letters_waiting=dead_letters_by_status()["dead"],
         dead_letter_groups=dead_letters_grouped(since=since),
         dead_letters_since=since,

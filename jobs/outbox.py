@@ -41,8 +41,7 @@ from kombu.exceptions import OperationalError
 from config.celery import app
 from jobs.models import OutboxMessage
 from jobs.redis import redis_circuit
-from jobs.request_ids import MESSAGE_HEADER as REQUEST_ID_HEADER
-from jobs.request_ids import current_request_id
+from jobs.request_ids import current_request_id, request_id_held
 from jobs.retry import DEFAULT_BACKOFF
 from jobs.selectors import ordering_message_unfinished
 
@@ -420,25 +419,33 @@ class _PublishingConnection(threading.local):
     def _send(self, *, message: OutboxMessage, countdown: float | None) -> None:
         connection = self._connection()
         try:
-            app.send_task(
-                message.task_name,
-                headers=_message_headers(message),
-                kwargs=message.kwargs,
-                task_id=message.celery_task_id,
-                retries=message.retries,
-                queue=message.queue or None,
-                countdown=countdown,
-                connection=connection,
-                # No kombu retry loop: the relay is the retry, and the caller is a waiting user.
-                retry=False,
-                timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
-                # send_task does not read the task's setting; without it, publishing would first
-                # subscribe to the result channel, which blocks for seconds when Redis is down.
-                ignore_result=getattr(app.tasks.get(message.task_name), "ignore_result", True),
-            )
+            # Under the row's own request id, or none: never that of whoever publishes it (the
+            # relay, another key's worker, an operator re-driving in the admin).
+            with request_id_held(message.request_id or None):
+                self._publish(message=message, countdown=countdown, connection=connection)
         except Exception:
             self._drop()
             raise
+
+    def _publish(
+        self, *, message: OutboxMessage, countdown: float | None, connection: Connection
+    ) -> None:
+        app.send_task(
+            message.task_name,
+            headers=_ordering_headers(message),
+            kwargs=message.kwargs,
+            task_id=message.celery_task_id,
+            retries=message.retries,
+            queue=message.queue or None,
+            countdown=countdown,
+            connection=connection,
+            # No kombu retry loop: the relay is the retry, and the caller is a waiting user.
+            retry=False,
+            timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
+            # send_task does not read the task's setting; without it, publishing would first
+            # subscribe to the result channel, which blocks for seconds when Redis is down.
+            ignore_result=getattr(app.tasks.get(message.task_name), "ignore_result", True),
+        )
 
     def _connection(self) -> Connection:
         # Per process too: a connection inherited across fork shares its socket with the parent.
@@ -475,11 +482,10 @@ def bounded_publishing_connection() -> Connection:
     )
 
 
-def _message_headers(message: OutboxMessage) -> dict[str, str]:
-    headers = {REQUEST_ID_HEADER: message.request_id} if message.request_id else {}
-    if message.ordering_key:
-        headers |= {ORDERED_ROW_HEADER: str(message.pk), ORDERING_KEY_HEADER: message.ordering_key}
-    return headers
+def _ordering_headers(message: OutboxMessage) -> dict[str, str] | None:
+    if not message.ordering_key:
+        return None
+    return {ORDERED_ROW_HEADER: str(message.pk), ORDERING_KEY_HEADER: message.ordering_key}
 
 
 def _is_broker_failure(error: Exception) -> bool:

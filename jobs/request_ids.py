@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 
 from celery import signals
 from celery._state import get_current_task
+from django.conf import settings
+from django.core.signals import request_finished
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 
 from config.proxies import is_trusted_proxy
@@ -54,21 +57,35 @@ def request_id_of(request: HttpRequest) -> str:
     """The proxy's id when a trusted proxy sent a sane one; a new one otherwise. A client's own
     header is not believed: it could make its requests look like someone else's."""
     given = request.headers.get(HEADER, "")
-    if _ACCEPTED_ID.fullmatch(given) and is_trusted_proxy(request.META.get("REMOTE_ADDR", "")):
+    if (
+        settings.REQUEST_ID_FROM_PROXY
+        and _ACCEPTED_ID.fullmatch(given)
+        and is_trusted_proxy(request.META.get("REMOTE_ADDR", ""))
+    ):
         return given
     return uuid.uuid4().hex
 
 
 class RequestIdMiddleware:
+    """Holds the request's id from the first middleware until the response is closed: Django
+    logs a 4xx or 5xx ("Not Found: /…") after the last middleware returned, and the body of a
+    streamed response is sent after that. Set, never restored: each request sets its own first,
+    so nothing of one request's id reaches the next."""
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = request_id_of(request)
-        with request_id_held(request_id):
-            response = self.get_response(request)
+        _current.set(request_id)
+        response = self.get_response(request)
         response[HEADER] = request_id
         return response
+
+
+@receiver(request_finished)
+def _request_id_released(**details) -> None:
+    _current.set(None)
 
 
 # --- tasks ----------------------------------------------------------------------------------
@@ -90,17 +107,21 @@ def message_request_id(task) -> str | None:
     )
 
 
-_task_tokens: dict[str, contextvars.Token] = {}
+# Kept on the run's own request context: two runs of one task id at once (a redelivery, in a
+# threads pool) each restore their own.
+_SAVED_ATTRIBUTE = "_jobs_request_id_saved"
 
 
 @signals.task_prerun.connect
-def _hold_task_request_id(task_id=None, task=None, **details) -> None:
-    _task_tokens[task_id] = _current.set(message_request_id(task))
+def _hold_task_request_id(task=None, **details) -> None:
+    if task.request.is_eager:
+        return  # run in its caller's process: it keeps the caller's id
+    setattr(task.request, _SAVED_ATTRIBUTE, _current.set(message_request_id(task)))
 
 
 @signals.task_postrun.connect
-def _release_task_request_id(task_id=None, **details) -> None:
-    token = _task_tokens.pop(task_id, None)
+def _release_task_request_id(task=None, **details) -> None:
+    token = getattr(task.request, _SAVED_ATTRIBUTE, None)
     if token is not None:
         _current.reset(token)
 
@@ -131,6 +152,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "process": record.processName,
         }
+        if record.name == "gunicorn.access" and isinstance(record.args, dict):
+            # gunicorn logs a request once its response is sent, the id in the response's
+            # header (config/gunicorn.py).
+            record.request_id = record.args.get("{x-request-id}o", "-")
         for name in ("request_id", "task_name", "task_id"):
             value = getattr(record, name, "-")
             if value != "-":

@@ -66,7 +66,7 @@ def batch_chunk_run(chunk_id: int, kind: str = "") -> None:
 # several.
 @shared_task(name=canary.CANARY_TASK)
 def canary_return(queue: str) -> None:
-    canary.canary_record(queue=queue)
+    canary.canary_return(queue=queue)
 
 
 @shared_task(name="jobs.maintenance_batches_sweep", idempotent=True)

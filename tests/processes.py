@@ -40,7 +40,8 @@ def free_port() -> int:
         ephemeral_start = int(_EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_start = 32768
-    candidates = list(range(_LOWEST_PICKED_PORT, ephemeral_start))
+    # A machine whose ephemeral range starts low leaves the ports below it, however few.
+    candidates = list(range(min(_LOWEST_PICKED_PORT, ephemeral_start // 2), ephemeral_start))
     random.shuffle(candidates)
     for port in candidates:
         if port in _ports_handed_out:

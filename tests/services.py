@@ -302,7 +302,7 @@ class WorkerProcess(CeleryProcess):
             "--concurrency", str(self.concurrency), "--pool", "prefork",
             # Test-only tasks (effects the tests can observe) live beside the tests.
             "--include", "tests.worker_tasks",
-            "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            "--without-mingle", "--without-gossip",
         ]  # fmt: skip
 
     def pool_pids(self) -> list[int]:
@@ -361,7 +361,7 @@ class BeatProcess(CeleryProcess):
     program = "beat"
 
     def arguments(self) -> list[str]:
-        return ["--loglevel", "INFO", "--pidfile="]
+        return ["--pidfile="]
 
     def is_ready(self) -> bool:
         from jobs.heartbeats import beat_heartbeat_age

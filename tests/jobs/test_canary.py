@@ -5,9 +5,11 @@ import math
 import os
 import signal
 
+from amqp.exceptions import PreconditionFailed
 from django.conf import settings as django_settings
 
-from jobs.canary import canary_ages
+from config.celery import app
+from jobs.canary import canaries_send, canary_ages, canary_return
 from tests.jobs.test_metrics import TOKEN, figures
 from tests.services import eventually
 
@@ -72,3 +74,33 @@ def test_a_worker_that_heartbeats_but_runs_nothing_fails_readiness_by_its_canari
             os.kill(pid, signal.SIGCONT)
     # and once it runs tasks again, the canaries come back and the deployment is ready
     eventually(lambda: readiness(client)[0] == 200, timeout=20)
+
+
+def test_a_queue_the_broker_refuses_loses_its_own_canary_only_and_beats_loop_goes_on(
+    monkeypatch, broker_server, caplog
+):
+    # given a broker that refuses one queue for a reason of its own (RabbitMQ: a queue declared
+    # elsewhere with other arguments, a user without permission), which is no connection error
+    sent = []
+    publish = app.send_task
+
+    def send_task(name, *args, queue=None, **options):
+        if queue == "media":
+            raise PreconditionFailed("inequivalent arg 'x-queue-type' for queue 'media'")
+        sent.append(queue)
+        return publish(name, *args, queue=queue, **options)
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    # when beat sends its canaries, nothing escapes into its loop
+    canaries_send()
+    # and every other queue still gets its canary, the refused one named in the log
+    assert sent == [queue for queue in django_settings.JOB_QUEUES if queue != "media"]
+    assert "canary for media not sent" in caplog.text
+
+
+def test_a_canary_whose_record_fails_is_no_dead_letter(redis_server, db, caplog):
+    # given Redis gone as a canary comes back
+    redis_server.stop()
+    # when its task records it, the error is logged and nothing is raised (no dead letter)
+    canary_return(queue="default")
+    assert "canary from default not recorded" in caplog.text

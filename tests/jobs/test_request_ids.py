@@ -2,18 +2,23 @@
 the tasks the request enqueued (at once or through the outbox) and of the tasks those started."""
 
 import json
+import logging
 import re
 
 import httpx
 import pytest
+from celery import signals
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.utils import timezone
 
 from accounts.services import api_token_create
 from jobs.models import OutboxMessage
+from jobs.outbox import enqueue, outbox_send
+from jobs.request_ids import MESSAGE_HEADER, RequestIdFilter, current_request_id, request_id_held
 from tests.media.images_for_tests import jpeg
 from tests.services import eventually
+from tests.worker_tasks.platform import flaky
 
 PASSWORD = "correct horse battery staple"
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
@@ -57,9 +62,9 @@ def test_a_signups_request_id_is_on_the_workers_line_of_the_email_it_caused_and_
 
 
 def test_through_the_outbox_the_id_reaches_the_worker_and_every_line_is_json(
-    start_web, start_worker, start_beat, broker_server, smtp
+    no_worker_running, start_web, start_worker, start_beat, broker_server, smtp
 ):
-    # given every process logging JSON, and beat driving the outbox relay
+    # given every process logging JSON (the only worker too), and beat driving the outbox relay
     json_logs = {"LOG_FORMAT": "json"}
     call_command("sync_periodic_tasks")
     worker = start_worker(extra_env=json_logs)
@@ -87,7 +92,7 @@ def test_through_the_outbox_the_id_reaches_the_worker_and_every_line_is_json(
     assert entry["level"] == "INFO" and entry["logger"] == "jobs.task"
     # and the web's lines, gunicorn's access log among them, are JSON too
     access = [e for e in json_entries(web) if "POST /api/v1/auth/signup" in e["message"]]
-    assert access and request_id in access[0]["message"]
+    assert access and access[0]["request_id"] == request_id
 
 
 def json_entries(process) -> list[dict]:
@@ -130,6 +135,53 @@ def test_the_tasks_a_request_starts_start_others_under_the_same_id(start_web, ce
     eventually(steps_logged, timeout=60)
 
 
+def test_an_outbox_row_is_published_under_its_own_request_id_never_the_publishers(
+    broker_server, transactional_db
+):
+    # given two rows (published once already, as they were written), one written during a
+    # request and one by a beat task, which has none
+    with request_id_held("signup-request"):
+        of_a_request = enqueue(flaky, key="a", failures=0)
+    of_nobody = enqueue(flaky, key="b", failures=0)
+    carried = {}
+
+    def seen(sender=None, headers=None, **details) -> None:
+        carried[headers["id"]] = headers.get(MESSAGE_HEADER)
+
+    signals.before_task_publish.connect(seen)
+    try:
+        # when someone else publishes them: an operator's request, the relay
+        with request_id_held("operators-request"):
+            for row in (of_a_request, of_nobody):
+                outbox_send(message=OutboxMessage.objects.get(pk=row.pk))
+    finally:
+        signals.before_task_publish.disconnect(seen)
+    # then each carries its own request's id, or none
+    assert carried[of_a_request.celery_task_id] == "signup-request"
+    assert carried[of_nobody.celery_task_id] is None
+
+
+def test_djangos_own_lines_after_the_middleware_carry_the_id_too(client):
+    # Django logs a 4xx ("Not Found: …") once the middleware chain has returned
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), record.request_id))
+
+    handler = Collect()
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        response = client.get("/api/v1/no-such-endpoint")
+    finally:
+        logger.removeHandler(handler)
+    assert ("Not Found: /api/v1/no-such-endpoint", response["X-Request-ID"]) in seen
+    # and nothing of it is held once the response is closed
+    assert current_request_id() is None
+
+
 @pytest.mark.parametrize(
     ("trusted_proxies", "sent", "kept"),
     [
@@ -153,6 +205,13 @@ def test_an_id_from_x_request_id_is_used_only_from_a_trusted_proxy_and_only_when
         assert returned == sent
     else:
         assert GENERATED_ID.fullmatch(returned)
+
+
+def test_a_proxys_id_is_not_read_when_the_proxy_passes_its_clients_along(client, settings):
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    settings.REQUEST_ID_FROM_PROXY = False
+    response = client.get("/healthz", headers={"X-Request-ID": "from-a-client"})
+    assert GENERATED_ID.fullmatch(response["X-Request-ID"])
 
 
 def test_every_response_names_its_own_id_even_an_error(client):
