@@ -56,8 +56,9 @@ def web(start_web: Callable[..., WebProcess], collected_static: Path) -> WebProc
 
 
 @pytest.fixture
-def browser(web: WebProcess, tmp_path: Path, monkeypatch) -> Iterator[Browser]:
-    """A headless Chromium with a profile of its own, notifications allowed for the site."""
+def browser(web: WebProcess, tmp_path: Path, monkeypatch, request) -> Iterator[Browser]:
+    """A headless Chromium with a profile of its own, notifications allowed for the site. A
+    test that fails leaves a screenshot of the page it was on in the session folder."""
     # Playwright's sync API keeps an event loop marked running in this thread, so Django refuses
     # its ORM here; the test's queries never run inside that loop.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
@@ -73,5 +74,17 @@ def browser(web: WebProcess, tmp_path: Path, monkeypatch) -> Iterator[Browser]:
         context.on("weberror", lambda error: opened.problems.append(f"uncaught: {error.error}"))
         try:
             yield opened
+            report = getattr(request.node, "report_call", None)
+            if report is not None and report.failed:
+                opened.page.screenshot(
+                    path=SESSION_DIR / f"{request.node.name}.png", full_page=True
+                )
         finally:
             context.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
