@@ -54,7 +54,9 @@ class UserAdmin(DjangoUserAdmin):
         # goes through its erasure (the action below).
         return False
 
-    @admin.action(description="Erase the selected accounts now (no grace period)")
+    @admin.action(
+        description="Erase the selected accounts now (no grace period)", permissions=["change"]
+    )
     def erase_now(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         erased = sum(account_erasure_order(user=user) for user in queryset)
         self.message_user(
@@ -77,7 +79,7 @@ class EmailDeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # emails come from the flows that need them
 
-    @admin.action(description="Send again")
+    @admin.action(description="Send again", permissions=["change"])
     def send_again(self, request: HttpRequest, queryset: QuerySet[EmailDelivery]) -> None:
         count = 0
         for delivery_id in queryset.values_list("pk", flat=True):

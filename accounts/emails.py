@@ -88,8 +88,15 @@ def email_delivery_send(*, delivery_id: int) -> None:
         delivery = EmailDelivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             return  # erased with its account (accounts/deletion.py) before it went out
-        if delivery.status not in {EmailDelivery.Status.QUEUED, EmailDelivery.Status.SENDING}:
-            return  # redelivered message, or an operator's decision: the effect is settled
+        # Failed: refused for good, so never delivered; its dead letter's re-drive (the cause
+        # fixed) sends it. Sent is done, and unknown (it may have been delivered) waits for a
+        # person's "send again": a redelivered message leaves both as they are.
+        if delivery.status not in {
+            EmailDelivery.Status.QUEUED,
+            EmailDelivery.Status.SENDING,
+            EmailDelivery.Status.FAILED,
+        }:
+            return
         if delivery.status == EmailDelivery.Status.SENDING:
             # A worker died between starting this send and recording its outcome. The server
             # may or may not have accepted it; sending again could deliver it twice. Leave the

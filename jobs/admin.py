@@ -6,6 +6,8 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
+from django_celery_beat.admin import PeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
 from jobs.batches import batch_chunks_redrive
 from jobs.deadletters import DeadLetterNotActionable, dead_letter_discard, dead_letter_redrive
@@ -43,11 +45,11 @@ class DeadLetterAdmin(admin.ModelAdmin):
             return ""
         return _holding_up(ordered_message_of_task(task_id=letter.task_id))
 
-    @admin.action(description="Re-drive: run the selected tasks again")
+    @admin.action(description="Re-drive: run the selected tasks again", permissions=["change"])
     def redrive(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         self._act(request, queryset, dead_letter_redrive, "re-driven")
 
-    @admin.action(description="Discard the selected dead letters")
+    @admin.action(description="Discard the selected dead letters", permissions=["change"])
     def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         self._act(request, queryset, dead_letter_discard, "discarded")
 
@@ -110,7 +112,9 @@ class BatchAdmin(admin.ModelAdmin):
         url = reverse("admin:jobs_batchchunk_changelist") + f"?batch__id__exact={batch.pk}"
         return format_html('<a href="{}">the chunks of this batch</a>', url)
 
-    @admin.action(description="Re-drive the failed chunks of the selected batches")
+    @admin.action(
+        description="Re-drive the failed chunks of the selected batches", permissions=["change"]
+    )
     def redrive_failed_chunks(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         outcome = batch_chunks_redrive(
             batch_ids=list(queryset.values_list("pk", flat=True)), by=request.user.get_username()
@@ -133,6 +137,21 @@ class BatchChunkAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False  # read-only: a chunk changes only through the batch services
+
+
+# django-celery-beat's schedule, whose actions (run now, enable, disable, toggle) it offers to
+# anyone who may see the list: here only to those who may change the rows, as our own actions.
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        if self.has_change_permission(request):
+            return actions
+        # Django filters its own delete action by the delete permission already.
+        return {name: action for name, action in actions.items() if name == "delete_selected"}
 
 
 OPERATIONS_PERMISSION = "jobs.view_deadletter"

@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from accounts.models import EmailDelivery
+from jobs.deadletters import dead_letter_redrive
 from jobs.models import DeadLetter
 from tests.services import eventually
 
@@ -142,6 +143,21 @@ def test_smtp_550_fails_at_once_and_is_dead_lettered(flow, smtp):
     assert delivery.attempts == 1 and "550" in delivery.last_error
     assert letter.exception_class == "jobs.retry.PermanentError"
     assert smtp.conversations == 1
+
+
+def test_a_refused_emails_dead_letter_redriven_once_the_cause_is_fixed_sends_it_once(flow, smtp):
+    # given an email the server refused for good
+    smtp.fail_next("550 5.7.1 relaying temporarily denied", times=1)
+    post(flow, "auth/signup", {"email": "refused@example.com", "password": PASSWORD})
+    letter = eventually(lambda: DeadLetter.objects.filter(task_name="accounts.send_email").first())
+    eventually(lambda: EmailDelivery.objects.get().status == EmailDelivery.Status.FAILED)
+    # when an operator re-drives it, the server accepting again
+    dead_letter_redrive(dead_letter_id=letter.pk, by="ops@example.com")
+    # then it goes out, once, and its row says so
+    smtp.wait_for("refused@example.com", subject="Confirm your email")
+    eventually(lambda: EmailDelivery.objects.get().status == EmailDelivery.Status.SENT)
+    time.sleep(1)
+    assert len(smtp.sent_to("refused@example.com")) == 1
 
 
 def test_a_reply_lost_after_the_message_arrived_is_never_sent_again(flow, smtp):

@@ -1,6 +1,6 @@
-"""The operator's page in a real browser, as an operator opens it: through the admin's login,
-from the link in the admin's header, against the web server, a worker and beat as production
-runs them; without a console error, and readable at a phone's width.
+"""The operator's page and a dead letter's re-drive in a real browser, as an operator uses them:
+through the admin's login, from the link in the admin's header, against the web server, a worker
+and beat as production runs them; without a console error, and readable at a phone's width.
 
 OPERATIONS_SCREENSHOT=<path> also saves the page there: docs/images/operations.png is made so.
 """
@@ -9,25 +9,30 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.db.models import Q
 from django.utils import timezone
 
 from config.celery import app
 from jobs.models import Batch, DeadLetter
 from tests.e2e.browsers import PASSWORD, Browser
 from tests.harness import SESSION_DIR
-from tests.services import eventually
+from tests.services import WebProcess, eventually
 
 PHONE = {"width": 390, "height": 844}
 
 
-def an_operator() -> str:
+def an_operator(also: tuple[str, ...] = ()) -> str:
+    """Staff who may see the job platform's rows, and do what `also` names."""
     operator = get_user_model().objects.create_user(
         "operator@example.com", PASSWORD, is_staff=True, email_verified_at=timezone.now()
     )
     operator.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="jobs", codename__startswith="view_")
+        Permission.objects.filter(content_type__app_label="jobs").filter(
+            Q(codename__startswith="view_") | Q(codename__in=also)
+        )
     )
     return operator.email
 
@@ -102,3 +107,36 @@ def _save(page, name: str) -> None:
     wanted = os.environ.get("OPERATIONS_SCREENSHOT")
     if wanted and name == "operations-desktop.png":
         page.screenshot(path=Path(wanted), full_page=True)
+
+
+def test_an_operator_redrives_a_dead_letter_from_the_admin_once_the_cause_is_fixed(
+    browser: Browser, web: WebProcess, celery_worker, smtp
+):
+    # given a signup whose email the mail server refused for good (a 550), since fixed
+    smtp.fail_next("550 5.7.1 relaying temporarily denied", times=1)
+    signup = httpx.post(
+        f"{web.url}/api/v1/auth/signup",
+        json={"email": "refused@example.com", "password": PASSWORD},
+        timeout=30,
+    )
+    assert signup.status_code == 202
+    letter = eventually(
+        lambda: DeadLetter.objects.filter(task_name="accounts.send_email").first(), timeout=30
+    )
+    # and an operator who may act on dead letters
+    email = an_operator(also=("change_deadletter",))
+    page = browser.page
+    page.goto("/admin/login/?next=/admin/jobs/deadletter/")
+    page.fill("#id_username", email)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    # when they select it in the list and re-drive it
+    page.locator(f"input[name=_selected_action][value='{letter.pk}']").check()
+    page.select_option("select[name=action]", "redrive")
+    page.click("button[name=index]")  # the admin's "Go"
+    # then the admin says so, and the email goes out this time
+    assert "re-driven" in page.locator(".messagelist").inner_text()
+    smtp.wait_for("refused@example.com", subject="Confirm your email", timeout=30)
+    letter.refresh_from_db()
+    assert letter.status == DeadLetter.Status.REDRIVEN
+    assert browser.problems == []
