@@ -16,3 +16,8 @@ class JobsConfig(AppConfig):
         # module among them, which also stamps every published message with its time.
         autodiscover_modules("metrics")
         REGISTRY.register(PlatformCollector())
+        # Every app's tasks, in every process: Celery registers a task when its module is
+        # imported, and a web process imports one only when something there needs it. A
+        # re-drive in the admin (a task looked up by name) served by a gunicorn worker that had
+        # not would find "no such task".
+        autodiscover_modules("tasks")

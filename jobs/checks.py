@@ -1,11 +1,7 @@
 """System checks: settings that would quietly break the delivery guarantees fail loudly."""
 
-from importlib import import_module
-
-from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
-from django.utils.module_loading import module_has_submodule
 
 from jobs.ratelimit import parse_rate
 
@@ -84,14 +80,9 @@ def platform_dead_letters_a_poison_message_before_rabbitmq(app_configs, **kwargs
 
 
 def _project_tasks() -> dict:
-    """Every registered task, each app's tasks.py imported first."""
+    """Every registered task: each app's tasks.py is imported at start-up (jobs/apps.py)."""
     from config.celery import app
 
-    # Directly, not through Celery's import_default_modules: that runs Django's checks again
-    # (Celery's Django fixup), and so this one, forever.
-    for app_config in apps.get_app_configs():
-        if module_has_submodule(app_config.module, "tasks"):
-            import_module(f"{app_config.name}.tasks")
     return dict(app.tasks)
 
 

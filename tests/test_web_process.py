@@ -2,6 +2,7 @@
 
 import http.client
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -75,3 +76,30 @@ def test_tokens_never_reach_the_error_log_either(tmp_path):
     written = (tmp_path / "error.log").read_text()
     assert "Error handling request /verify-email" in written
     assert "TOKEN-NOT-TO-LOG" not in written
+
+
+def test_a_web_process_knows_every_task_before_serving_anything():
+    # A re-drive in the admin looks its task up by name, in whichever gunicorn worker serves
+    # it: one that has imported nothing yet must know every task the code declares.
+    declared = {
+        name
+        for app in ("accounts", "jobs", "media", "notifications", "reports")
+        for name in re.findall(
+            r'@shared_task\(\s*name="([^"]+)"', (BASE_DIR / app / "tasks.py").read_text()
+        )
+    }
+    assert "accounts.send_email" in declared and "media.normalize" in declared
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import config.wsgi; from config.celery import app; print(' '.join(app.tasks))",
+        ],
+        cwd=BASE_DIR,
+        env={**os.environ, "DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert declared <= set(fresh.stdout.split())

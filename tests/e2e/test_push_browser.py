@@ -24,15 +24,21 @@ from django.utils import timezone
 
 from notifications import services
 from notifications.models import Device, Kind
-from tests.e2e.browsers import PASSWORD, Browser
+from tests.e2e.browsers import (
+    PASSWORD,
+    SUBSCRIBE_BUTTON,
+    WORKER_SCOPE,
+    Browser,
+    notifications_shown,
+    push_delivered,
+    subscription_stored,
+    worker_registration,
+)
 from tests.services import WebProcess, eventually
 
 with contextlib.suppress(ImportError):  # conftest's `browser_available` says what to do
-    from playwright.sync_api import CDPSession, Page, expect
+    from playwright.sync_api import Page, expect
 
-SUBSCRIBE_BUTTON = "Get push notifications in this browser"
-# Our service worker's scope: its script's folder (the default; no Service-Worker-Allowed).
-WORKER_SCOPE = "/static/js/"
 # notifications.js gives up on a subscription after 20 s; the page's fake clock runs past it.
 FAKE_SECONDS_TO_WAIT_FOR_SUBSCRIBING = 60
 
@@ -49,22 +55,6 @@ def log_in(page: "Page", email: str) -> None:
     page.wait_for_url("**/dashboard")
 
 
-def worker_registration(page: "Page") -> dict:
-    """Our service worker's registration as the page sees it, once its worker is active."""
-    return eventually(
-        lambda: page.evaluate(
-            """async (scope) => {
-                const registration = await navigator.serviceWorker.getRegistration(scope);
-                return registration?.active
-                    ? { scope: registration.scope, script: registration.active.scriptURL }
-                    : null;
-            }""",
-            WORKER_SCOPE,
-        ),
-        timeout=10,
-    )
-
-
 def push_subscription(page: "Page") -> dict | None:
     return page.evaluate(
         """async (scope) => {
@@ -72,39 +62,6 @@ def push_subscription(page: "Page") -> dict | None:
             return (await registration.pushManager.getSubscription())?.toJSON() ?? null;
         }""",
         WORKER_SCOPE,
-    )
-
-
-def notifications_shown(page: "Page") -> list[dict]:
-    return page.evaluate(
-        """async (scope) => {
-            const registration = await navigator.serviceWorker.getRegistration(scope);
-            return (await registration.getNotifications()).map(
-                ({ title, body, tag, data }) => ({ title, body, tag, data }));
-        }""",
-        WORKER_SCOPE,
-    )
-
-
-def push_delivered(
-    page: "Page", cdp: "CDPSession", *, origin: str, script: str, payload: bytes
-) -> None:
-    """Hand the service worker of `script` a push message, as Chromium does with one from its
-    push service: DevTools' ServiceWorker domain, which names registrations by ids of its own."""
-    versions: list[dict] = []
-    cdp.on("ServiceWorker.workerVersionUpdated", lambda event: versions.extend(event["versions"]))
-    cdp.send("ServiceWorker.enable")
-
-    def ours() -> dict | None:
-        page.wait_for_timeout(50)  # Playwright dispatches the events that arrived meanwhile
-        return next(
-            (v for v in versions if v["scriptURL"] == script and v["status"] == "activated"), None
-        )
-
-    version = eventually(ours, timeout=10, interval=0)
-    cdp.send(
-        "ServiceWorker.deliverPushMessage",
-        {"origin": origin, "registrationId": version["registrationId"], "data": payload.decode()},
     )
 
 
@@ -161,21 +118,7 @@ def test_a_push_from_our_worker_is_shown_by_the_service_worker_and_in_the_open_i
     # and a subscription for this browser whose keys the test holds, as FCM would, stored
     # through the API as the page stores one
     subscription = push_service.subscription()
-    stored = page.evaluate(
-        """async (subscription) => {
-            const answer = await fetch("/api/v1/devices", {
-                method: "POST",
-                credentials: "same-origin",
-                headers: {
-                    "Content-Type": "application/json",
-                    "X-CSRFToken": document.querySelector("[name=csrfmiddlewaretoken]").value,
-                },
-                body: JSON.stringify({ platform: "webpush", subscription }),
-            });
-            return answer.status;
-        }""",
-        subscription.as_json(),
-    )
+    stored = subscription_stored(page, subscription.as_json())
     assert stored == 201
     # and their inbox open, empty, its timers stopped: only a push can change it now (not the
     # header's 30-second poll)
