@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts import tokens
 from accounts.models import EmailDelivery, User
+from jobs.deadletters import DeadLetterNotActionable
 from jobs.models import DeadLetter
 from jobs.outbox import enqueue
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError, classify_smtp_error
@@ -88,14 +89,9 @@ def email_delivery_send(*, delivery_id: int) -> None:
         delivery = EmailDelivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             return  # erased with its account (accounts/deletion.py) before it went out
-        # Failed: refused for good, so never delivered; its dead letter's re-drive (the cause
-        # fixed) sends it. Sent is done, and unknown (it may have been delivered) waits for a
-        # person's "send again": a redelivered message leaves both as they are.
-        if delivery.status not in {
-            EmailDelivery.Status.QUEUED,
-            EmailDelivery.Status.SENDING,
-            EmailDelivery.Status.FAILED,
-        }:
+        if delivery.status not in {EmailDelivery.Status.QUEUED, EmailDelivery.Status.SENDING}:
+            # A redelivered message, or a person's decision (a discarded dead letter): settled.
+            # A re-drive reopens a failed row first (email_delivery_reopen).
             return
         if delivery.status == EmailDelivery.Status.SENDING:
             # A worker died between starting this send and recording its outcome. The server
@@ -140,6 +136,25 @@ def _delivery_failed(delivery: EmailDelivery, *, status: str, error: Exception) 
         last_error=f"{type(error).__name__}: {error}"[:2000],
         updated_at=timezone.now(),
     )
+
+
+def email_delivery_reopen(*, delivery_id: int) -> None:
+    """Before a failed email's dead letter is re-driven (the cause fixed): queued again, in the
+    re-drive's transaction. Refused for an email that may have been delivered (its "send again"
+    is a person's call, in the admin) and for one whose address and body are gone (an erasure's
+    confirmation, a pruned body): no re-drive could send it."""
+    delivery = EmailDelivery.objects.select_for_update().filter(pk=delivery_id).first()
+    if delivery is None:
+        raise DeadLetterNotActionable("its email was erased with its account")
+    if delivery.status == EmailDelivery.Status.UNKNOWN:
+        raise DeadLetterNotActionable(
+            "its email may have been delivered: if it was not, use the email's Send again"
+        )
+    if not delivery.recipient or delivery.body_pruned_at is not None:
+        raise DeadLetterNotActionable("its email's address and body are forgotten")
+    if delivery.status == EmailDelivery.Status.FAILED:
+        delivery.status = EmailDelivery.Status.QUEUED
+        delivery.save(update_fields=["status", "updated_at"])
 
 
 def email_delivery_give_up(*, delivery_id: int, reason: str) -> None:

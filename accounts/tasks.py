@@ -20,12 +20,19 @@ def _delivery_failed_for_good(task, error, task_id, args, kwargs, einfo) -> None
     )
 
 
+def _delivery_reopened(task, delivery_id: int) -> None:
+    # A re-drive of its dead letter: the row that says "failed" is queued again (or the re-drive
+    # refused), else the task would find it settled and send nothing.
+    emails.email_delivery_reopen(delivery_id=delivery_id)
+
+
 @shared_task(
     name="accounts.send_email",
     bind=True,
     idempotent=True,
     retry_policy=SMTP_TRANSIENT,
     on_failure=_delivery_failed_for_good,
+    before_redrive=_delivery_reopened,
     # A stuck SMTP conversation fails by EMAIL_TIMEOUT long before this.
     soft_time_limit=60,
     time_limit=90,

@@ -66,6 +66,10 @@ class PoisonMessage(Exception):
 class PlatformTask(DjangoTask):
     idempotent: bool = False
     retry_policy: RetryPolicy = NEVER_RETRY
+    # Called as a method, with the task's arguments, in a re-drive's transaction before the task
+    # is enqueued again (jobs/deadletters.py): a task whose row records that it failed for good
+    # reopens it there, or refuses the re-drive with DeadLetterNotActionable.
+    before_redrive: Callable[..., None] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -82,11 +82,17 @@ def dead_letter_redrive(*, dead_letter_id: int, by: str = "") -> OutboxMessage:
             raise DeadLetterNotActionable(
                 f"dead letter {letter.pk}: this release has no task {letter.task_name!r}"
             )
+        kwargs = task_kwargs(task, letter.args, letter.kwargs)
+        if getattr(task, "before_redrive", None) is not None:
+            try:
+                task.before_redrive(**kwargs)
+            except DeadLetterNotActionable as refused:
+                raise DeadLetterNotActionable(f"dead letter {letter.pk}: {refused}") from None
         ordered = ordered_message_of_task(task_id=letter.task_id)
         if ordered is not None:
             message = ordered_message_redrive(ordered)
         else:
-            message = enqueue(task, **task_kwargs(task, letter.args, letter.kwargs))
+            message = enqueue(task, **kwargs)
         letter.status = DeadLetter.Status.REDRIVEN
         letter.redriven_at = timezone.now()
         letter.redrive_count += 1

@@ -7,8 +7,9 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from accounts.models import EmailDelivery
-from jobs.deadletters import dead_letter_redrive
-from jobs.models import DeadLetter
+from accounts.tasks import send_email
+from jobs.deadletters import DeadLetterNotActionable, dead_letter_redrive
+from jobs.models import DeadLetter, OutboxMessage
 from tests.services import eventually
 
 User = get_user_model()
@@ -158,6 +159,58 @@ def test_a_refused_emails_dead_letter_redriven_once_the_cause_is_fixed_sends_it_
     eventually(lambda: EmailDelivery.objects.get().status == EmailDelivery.Status.SENT)
     time.sleep(1)
     assert len(smtp.sent_to("refused@example.com")) == 1
+
+
+def test_a_failed_emails_message_delivered_again_sends_nothing(flow, smtp):
+    # given an email the server refused for good, its dead letter discarded by a person
+    smtp.fail_next("550 5.1.1 no such user", times=1)
+    post(flow, "auth/signup", {"email": "gone@example.com", "password": PASSWORD})
+    letter = eventually(lambda: DeadLetter.objects.filter(task_name="accounts.send_email").first())
+    eventually(lambda: EmailDelivery.objects.get().status == EmailDelivery.Status.FAILED)
+    # when its old message comes again (a redelivery, a relay publishing twice)
+    send_email.delay(**letter.kwargs)
+    # then nothing is sent: only a re-drive reopens a failed email
+    time.sleep(2)
+    assert smtp.sent_to("gone@example.com") == []
+    assert EmailDelivery.objects.get().status == EmailDelivery.Status.FAILED
+
+
+def delivery_dead_lettered(status: str, **fields) -> DeadLetter:
+    delivery = EmailDelivery.objects.create(
+        **{
+            "kind": EmailDelivery.Kind.VERIFICATION,
+            "recipient": "someone@example.com",
+            "subject": "Confirm your email",
+            "body_text": "Confirm: …",
+            "message_id": f"<{status}-{time.monotonic_ns()}@example.com>",
+            "status": status,
+            **fields,
+        }
+    )
+    return DeadLetter.objects.create(
+        task_name="accounts.send_email",
+        task_id=f"send-{delivery.pk}",
+        kwargs={"delivery_id": delivery.pk},
+        exception_class="jobs.retry.OutcomeUnknown",
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("status", "fields", "reason"),
+    [
+        (EmailDelivery.Status.UNKNOWN, {}, "may have been delivered"),
+        (EmailDelivery.Status.FAILED, {"recipient": ""}, "forgotten"),
+        (EmailDelivery.Status.FAILED, {"body_pruned_at": "2026-01-01T00:00Z"}, "forgotten"),
+    ],
+)
+def test_an_email_that_may_have_gone_out_or_is_forgotten_is_not_redriven(status, fields, reason):
+    letter = delivery_dead_lettered(status, **fields)
+    with pytest.raises(DeadLetterNotActionable, match=reason):
+        dead_letter_redrive(dead_letter_id=letter.pk)
+    letter.refresh_from_db()
+    assert letter.status == DeadLetter.Status.DEAD
+    assert not OutboxMessage.objects.exists()
 
 
 def test_a_reply_lost_after_the_message_arrived_is_never_sent_again(flow, smtp):
