@@ -2,7 +2,7 @@
 
 import logging
 import mimetypes
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.utils import make_msgid
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -10,12 +10,15 @@ from urllib.parse import quote, urlsplit
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
+from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts import tokens
 from accounts.models import EmailDelivery, User
+from jobs.brokers import queue_drained
 from jobs.deadletters import DeadLetterNotActionable
+from jobs.lost_messages import lost_after, lost_rows_requeue
 from jobs.models import DeadLetter
 from jobs.outbox import enqueue
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError, classify_smtp_error
@@ -193,6 +196,65 @@ def email_delivery_resend(*, delivery_id: int) -> None:
         from accounts import tasks
 
         enqueue(tasks.send_email, delivery_id=delivery_id)
+
+
+# Deliveries one sweep queues again or settles: a run stays short, a backlog drains over runs.
+SWEEP_BATCH = 1000
+# Where emails wait (CELERY_TASK_ROUTES: "accounts.send_email").
+EMAIL_QUEUE = "emails"
+
+
+def email_deliveries_lost(*, now: datetime | None = None) -> QuerySet[EmailDelivery]:
+    """Deliveries queued, or being sent, and unmoved for longer than a live message waits: what
+    the sweep acts on (while the emails queue is empty)."""
+    from accounts import tasks  # the task module imports this one
+
+    return EmailDelivery.objects.filter(
+        status__in=(EmailDelivery.Status.QUEUED, EmailDelivery.Status.SENDING),
+        updated_at__lt=(now or timezone.now()) - lost_after(tasks.send_email),
+    )
+
+
+def email_deliveries_sweep(*, now: datetime | None = None) -> int:
+    """Settle the deliveries whose message the broker lost (the periodic `accounts.emails_sweep`);
+    returns how many it acted on.
+
+    A queued one is queued again: sending it is what its lost message would have done, and a
+    message that still comes finds it sent. One caught `sending` had its worker die mid-send and
+    then its message lost: the server may have it, so it becomes `unknown`, for a person to
+    decide (the admin's "send again"), as a redelivered message would have made it. Only while
+    the emails queue holds nothing: a backlog waiting its turn is not lost."""
+    from accounts import tasks  # the task module imports this one
+
+    now = now or timezone.now()
+    lost = list(
+        email_deliveries_lost(now=now)
+        .order_by("updated_at")
+        .values_list("pk", "updated_at", "status")[:SWEEP_BATCH]
+    )
+    if not lost or not queue_drained(EMAIL_QUEUE):
+        return 0
+    interrupted = [pk for pk, _, status in lost if status == EmailDelivery.Status.SENDING]
+    settled = EmailDelivery.objects.filter(
+        pk__in=interrupted, status=EmailDelivery.Status.SENDING, updated_at__lt=now
+    ).update(
+        status=EmailDelivery.Status.UNKNOWN,
+        last_error="interrupted while sending, and its message lost; may have been delivered",
+        updated_at=now,
+    )
+    queued_again = lost_rows_requeue(
+        EmailDelivery.objects.filter(status=EmailDelivery.Status.QUEUED),
+        [(pk, updated_at) for pk, updated_at, status in lost if pk not in interrupted],
+        now=now,
+        requeue=lambda delivery_id: enqueue(tasks.send_email, delivery_id=delivery_id),
+    )
+    logger.warning(
+        "email sweep: %d delivery(ies) had lost their message, %d queued again, %d unknown",
+        queued_again + settled,
+        queued_again,
+        settled,
+    )
+    return queued_again + settled
 
 
 def email_bodies_prune(*, older_than_days: int) -> int:

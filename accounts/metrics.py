@@ -1,7 +1,8 @@
-"""Erasures waiting for a message the broker lost (the periodic job sends it again): a figure of
-/metrics (jobs/metrics.py)."""
+"""Erasures and emails waiting for a message the broker lost (their periodic jobs send it
+again): figures of /metrics (jobs/metrics.py)."""
 
 from accounts.deletion import erasures_stalled
+from accounts.emails import email_deliveries_lost
 from jobs.metrics import stuck_jobs_register
 
 
@@ -10,3 +11,4 @@ def _erasures_stalled_count() -> int:
 
 
 stuck_jobs_register("erasures", _erasures_stalled_count)
+stuck_jobs_register("email_deliveries", lambda: email_deliveries_lost().count())

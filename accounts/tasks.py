@@ -71,6 +71,23 @@ def maintenance_prune_email_bodies() -> int:
     return emails.email_bodies_prune(older_than_days=settings.EMAIL_BODY_RETENTION_DAYS)
 
 
+@shared_task(name="accounts.maintenance_emails_sweep", idempotent=True)
+def maintenance_emails_sweep() -> int:
+    return emails.email_deliveries_sweep()
+
+
+periodic_job_register(
+    PeriodicJob(
+        name="accounts.emails-sweep",
+        task=maintenance_emails_sweep.name,
+        # Every ten minutes: an email counts as lost after hours (email_deliveries_lost), and a
+        # run with nothing to do is one query.
+        schedule=timedelta(minutes=10),
+        expires_seconds=9 * 60,
+    )
+)
+
+
 # Daily, at quiet hours (UTC), each dropped if it could not start within an hour: the next day's
 # run does the same work on fresher data.
 for job_name, task_name, minute in (

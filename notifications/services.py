@@ -29,8 +29,8 @@ from django.utils import timezone
 from accounts.emails import email_delivery_create
 from accounts.models import EmailDelivery, User
 from jobs.brokers import queue_drained
+from jobs.lost_messages import lost_after, lost_rows_requeue
 from jobs.outbox import enqueue
-from jobs.ratelimit import RESERVATION_HORIZON_SECONDS
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError
 from notifications import providers
 from notifications.endpoints import EndpointRefused, webpush_endpoint_checked
@@ -348,8 +348,6 @@ def device_delete(*, user: User, device_id) -> bool:
 
 # --- upkeep ---------------------------------------------------------------------------------
 
-# Beyond the longest a live message can wait, before a delivery counts as lost.
-PUSH_LOST_MARGIN = timedelta(hours=1)
 # Where push sends wait (CELERY_TASK_ROUTES: "notifications.*").
 PUSH_QUEUE = "notifications"
 # Deliveries one sweep queues again or expires: a run stays short, a backlog drains over runs.
@@ -364,17 +362,10 @@ DISABLED_DEVICE_DAYS = 30
 
 
 def push_lost_after() -> timedelta:
-    """How long a queued delivery's row may stay unmoved while its message still lives. Its task
-    books a rate-limit slot up to the limiter's horizon ahead without touching the row, may miss
-    it and book as far again, and may be refused a slot beyond the horizon and retried, each
-    wait capped by JOBS_RETRY_MAX_SECONDS. Meanwhile its message sits in a worker or the
-    broker's delayed queues, which the queue's count does not show."""
+    """How long a queued delivery's row may stay unmoved while its message still lives."""
     from notifications import tasks  # the task module imports this one
 
-    longest_wait = 2 * RESERVATION_HORIZON_SECONDS + (
-        tasks.send_push.retry_policy.max_retries * settings.JOBS_RETRY_MAX_SECONDS
-    )
-    return timedelta(seconds=longest_wait) + PUSH_LOST_MARGIN
+    return lost_after(tasks.send_push)
 
 
 def push_deliveries_lost(*, now: datetime | None = None) -> QuerySet[PushDelivery]:
@@ -413,15 +404,14 @@ def push_deliveries_sweep(*, now: datetime | None = None) -> int:
     )
     if not lost or not queue_drained(PUSH_QUEUE):
         return expired
-    queued_again = 0
-    for delivery_id, updated_at, platform in lost:
-        with transaction.atomic():
-            # Claimed as read: a run that moved the row since has its message.
-            if PushDelivery.objects.filter(
-                pk=delivery_id, status=PushDelivery.Status.QUEUED, updated_at=updated_at
-            ).update(updated_at=now):
-                enqueue(tasks.send_push, push_delivery_id=delivery_id, platform=platform)
-                queued_again += 1
+    queued_again = lost_rows_requeue(
+        PushDelivery.objects.filter(status=PushDelivery.Status.QUEUED),
+        lost,
+        now=now,
+        requeue=lambda delivery_id, platform: enqueue(
+            tasks.send_push, push_delivery_id=delivery_id, platform=platform
+        ),
+    )
     logger.warning(
         "push sweep: %d delivery(ies) had lost their message, queued again", queued_again
     )

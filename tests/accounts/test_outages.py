@@ -3,11 +3,15 @@
 import http.client
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.utils import timezone
 
+from accounts.emails import email_deliveries_lost, email_deliveries_sweep
+from accounts.models import EmailDelivery
 from jobs.models import OutboxMessage
 from jobs.redis import SOCKET_TIMEOUT_SECONDS
 from tests.services import HungServer
@@ -95,3 +99,40 @@ def test_signup_answers_within_its_bounded_waits_through_the_server_whatever_the
     # and every signup's email waits in the outbox for the broker
     pending = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
     assert pending.exclude(id__in=rows_before_the_outage).count() == 3
+
+
+def test_an_email_whose_message_the_broker_lost_is_sent_once_by_the_sweep(
+    client, smtp, broker_server, no_worker_running, start_worker
+):
+    # given a signup whose email was published, and another whose send a worker had begun when
+    # it died, the row left `sending`
+    for email in ("lost@example.com", "cut@example.com"):
+        response = client.post(
+            "/api/v1/auth/signup",
+            {"email": email, "password": PASSWORD},
+            content_type="application/json",
+        )
+        assert response.status_code == 202
+    EmailDelivery.objects.filter(recipient="cut@example.com").update(
+        status=EmailDelivery.Status.SENDING
+    )
+    # when the broker restarts empty, its messages gone, and a worker starts
+    broker_server.forget_all_messages()
+    broker_server.stop()
+    broker_server.start()
+    start_worker()
+    # then until the rows have waited longer than a live message can, the sweep leaves them
+    assert email_deliveries_sweep() == 0
+    later = timezone.now() + timedelta(days=2)
+    assert email_deliveries_lost(now=later).count() == 2
+    # and after, it sends the queued one, once, and leaves the cut one to a person
+    assert email_deliveries_sweep(now=later) == 2
+    smtp.wait_for("lost@example.com", subject="Confirm your email", timeout=30)
+    cut = EmailDelivery.objects.get(recipient="cut@example.com")
+    assert cut.status == EmailDelivery.Status.UNKNOWN
+    assert "may have been delivered" in cut.last_error
+    # and a second sweep, as a second beat's, queues nothing more
+    assert email_deliveries_sweep(now=later) == 0
+    time.sleep(2)
+    assert len(smtp.sent_to("lost@example.com")) == 1
+    assert smtp.sent_to("cut@example.com") == []

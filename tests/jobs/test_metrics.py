@@ -13,6 +13,9 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from accounts.models import EmailDelivery
+from accounts.tasks import send_email
+from jobs.lost_messages import lost_after
 from jobs.models import DeadLetter, OutboxMessage
 from notifications.models import Device, Kind, Notification, PushDelivery
 from notifications.services import push_lost_after
@@ -193,12 +196,23 @@ def test_jobs_past_their_deadline_are_counted_by_kind(django_user_model, setting
     PushDelivery.objects.create(
         notification=notification, device=device, created_at=long_ago, updated_at=long_ago
     )
-    # then /metrics counts it, and nothing else as stuck
+    # and an email whose message was lost the same way
+    EmailDelivery.objects.create(
+        kind=EmailDelivery.Kind.WELCOME, recipient="stuck@example.com", message_id="<m@x>"
+    )
+    EmailDelivery.objects.update(updated_at=timezone.now() - lost_after(send_email) - timedelta(1))
+    # then /metrics counts them, and nothing else as stuck
     answer = figures(Client().get("/metrics").content.decode())
     stuck = {
         labels[0][1]: value for (name, labels), value in answer.items() if name == "jobs_stuck"
     }
-    assert stuck == {"erasures": 0, "push_deliveries": 1, "reports": 0, "uploads": 0}
+    assert stuck == {
+        "email_deliveries": 1,
+        "erasures": 0,
+        "push_deliveries": 1,
+        "reports": 0,
+        "uploads": 0,
+    }
 
 
 def test_a_web_process_refuses_a_scrape_without_the_token(start_web):
