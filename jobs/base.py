@@ -36,7 +36,7 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.result import AsyncResult
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from kombu.utils.uuid import uuid
 
 from jobs.counters import queue_wait_of, task_run_count
@@ -50,6 +50,10 @@ from jobs.outbox import (
 )
 from jobs.redis import redis_client
 from jobs.retry import DEFAULT_BACKOFF, NEVER_RETRY, RetryPolicy, TransientError
+
+# A connection to the database that failed or was cut: the server restarting, failing over,
+# unreachable (and, on SQLite, a database locked past its timeout).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 logger = logging.getLogger("jobs.task")
 T = TypeVar("T")
@@ -143,18 +147,24 @@ class PlatformTask(DjangoTask):
         except Exception as error:
             if counted:
                 self._forget_deliveries(delivery_key)
-            verdict = self.retry_policy.classified(error)
-            if (
-                isinstance(verdict, TransientError)
-                and request.retries < self.retry_policy.retries_allowed
-            ):
-                wait = self.retry_policy.wait_seconds(
+            policy = self.retry_policy
+            verdict = policy.classified(error)
+            if self.idempotent and isinstance(error, DATABASE_UNAVAILABLE):
+                # The database went away under the run (a restart, a failover): nothing about
+                # the task failed, and running it again is safe, whatever its own policy. A dead
+                # letter could not even be written now: the message would be acknowledged, lost.
+                policy, verdict = (
+                    DEFAULT_BACKOFF,
+                    TransientError(f"{type(error).__name__}: {error}"),
+                )
+            if isinstance(verdict, TransientError) and request.retries < policy.retries_allowed:
+                wait = policy.wait_seconds(
                     retries_so_far=request.retries, retry_after=verdict.retry_after
                 )
                 self._log_outcome("retry", started, attempt, error, wait=wait)
                 try:
                     raise self.retry(
-                        exc=error, countdown=wait, max_retries=self.retry_policy.retries_allowed
+                        exc=error, countdown=wait, max_retries=policy.retries_allowed
                     ) from error
                 except Reject:
                     # Celery could not publish the retry: the broker failed too (often the same

@@ -113,4 +113,11 @@ def classify_smtp_error(error: Exception) -> Exception | None:
     return None
 
 
-SMTP_TRANSIENT = RetryPolicy(classify=classify_smtp_error)
+# For a provider's outage (a mail server or push service down, refusing, answering 4xx or 5xx):
+# retries enough to ride out about a quarter of an hour before a person must act. With equal
+# jitter from JOBS_RETRY_BASE_SECONDS (2 s) capped at JOBS_RETRY_MAX_SECONDS (600 s), ten
+# retries wait 13.5 to 27 minutes in all; the default five wait 31 to 62 s, less than the minute
+# a provider's restart takes (the chaos suite's outage, docs/reliability.md).
+PROVIDER_RETRIES = 10
+
+SMTP_TRANSIENT = RetryPolicy(classify=classify_smtp_error, max_retries=PROVIDER_RETRIES)

@@ -23,7 +23,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -359,21 +359,24 @@ def upload_pipeline_resume(*, upload_id: str) -> None:
             _pipeline_start_enqueue(upload_id)
 
 
-def uploads_stalled() -> QuerySet[Upload]:
+def uploads_stalled(*, now: datetime | None = None) -> QuerySet[Upload]:
     """Unfinished uploads past their deadline: what the sweep acts on, and /metrics counts."""
-    return Upload.objects.filter(status__in=UNFINISHED, deadline__lt=timezone.now())
+    return Upload.objects.filter(status__in=UNFINISHED, deadline__lt=now or timezone.now())
 
 
-def uploads_stalled_sweep() -> int:
+def uploads_stalled_sweep(*, now: datetime | None = None) -> int:
     """Resume or fail the unfinished uploads past their deadline, oldest first (the periodic
     `media.maintenance_uploads_sweep`). Returns how many it resumed or failed."""
-    stalled = uploads_stalled().order_by("deadline").values_list("pk", flat=True)[:SWEEP_BATCH]
+    now = now or timezone.now()
+    stalled = (
+        uploads_stalled(now=now).order_by("deadline").values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
     acted = 0
     for upload_id in list(stalled):
         with transaction.atomic():
             upload = (
                 Upload.objects.select_for_update()
-                .filter(pk=upload_id, status__in=UNFINISHED, deadline__lt=timezone.now())
+                .filter(pk=upload_id, status__in=UNFINISHED, deadline__lt=now)
                 .first()
             )
             if upload is None:

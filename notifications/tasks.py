@@ -12,7 +12,7 @@ from jobs.batches import batch_handler, batch_items_forget
 from jobs.models import Batch
 from jobs.periodic import PeriodicJob, periodic_job_register
 from jobs.ratelimit import rate_limit_or_defer
-from jobs.retry import RetryPolicy
+from jobs.retry import PROVIDER_RETRIES, RetryPolicy
 from notifications import announcements, services
 
 
@@ -29,7 +29,7 @@ def _push_failed_for_good(task, error, task_id, args, kwargs, einfo) -> None:
     idempotent=True,
     # The providers classify every answer (notifications/providers.py); a busy service says
     # when to come back, and is not asked sooner.
-    retry_policy=RetryPolicy(max_retries=5),
+    retry_policy=RetryPolicy(max_retries=PROVIDER_RETRIES),
     on_failure=_push_failed_for_good,
     # Each exchange ends within PUSH_TIMEOUTS (15 s at most), and a send makes four at most:
     # FCM's token exchange and message, both once more when the access token had expired.

@@ -81,6 +81,8 @@ def _session_push_service() -> Iterator[PushService]:
 def push_service(_session_push_service: PushService) -> PushService:
     """The Web Push service every worker pushes to (WEBPUSH_ALLOWED_HOSTS), empty at the start,
     answering 201 until a test scripts other answers."""
+    if not _session_push_service.running:
+        _session_push_service.start()
     _session_push_service.reset()
     return _session_push_service
 

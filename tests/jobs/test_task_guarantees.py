@@ -15,6 +15,8 @@ from jobs.redis import redis_client
 from tests.services import eventually
 from tests.worker_tasks.platform import (
     create_user_once,
+    database_gone_first,
+    database_gone_first_not_idempotent,
     flaky,
     kill_own_worker,
     permanent_unless_allowed,
@@ -68,6 +70,22 @@ def test_exhausted_retries_end_in_a_dead_letter(celery_worker):
     assert letter.exception_class == "jobs.retry.TransientError"
     assert "still down" in letter.exception_message
     assert "Traceback" in letter.traceback
+
+
+def test_a_task_whose_database_went_away_is_retried_if_it_is_idempotent(celery_worker):
+    # given an idempotent task whose first run loses its database connection (a restart), and
+    # a task that is not idempotent, which does too
+    key, other = unique_key(), unique_key()
+    database_gone_first.delay(key=key)
+    database_gone_first_not_idempotent.delay(key=other)
+    # then the first runs again and has its effect, with no dead letter
+    eventually(lambda: recorded("effects", key), timeout=20)
+    assert len(recorded("attempts", key)) == 2
+    assert not DeadLetter.objects.filter(kwargs={"key": key}).exists()
+    # and the other, which may not run twice, is dead-lettered for a person after one run
+    letter = eventually(lambda: DeadLetter.objects.filter(kwargs={"key": other}).first())
+    assert letter.exception_class == "django.db.utils.OperationalError"
+    assert len(recorded("attempts", other)) == 1
 
 
 def test_a_permanent_failure_is_dead_lettered_at_once_without_retries(celery_worker):

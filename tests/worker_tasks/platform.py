@@ -13,6 +13,7 @@ import uuid
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth import get_user_model
+from django.db import OperationalError
 
 from jobs.idempotency import run_once
 from jobs.redis import redis_client
@@ -41,6 +42,20 @@ def flaky(key: str, failures: int) -> None:
     if attempt <= failures:
         raise ConnectionError(f"provider unreachable (attempt {attempt})")
     record("effects", key)
+
+
+@shared_task(name="tests.database_gone_first", idempotent=True)
+def database_gone_first(key: str) -> None:
+    """Its first run finds its database connection cut (a server restart), as psycopg says it."""
+    if record("attempts", key) == 1:
+        raise OperationalError("terminating connection due to administrator command")
+    record("effects", key)
+
+
+@shared_task(name="tests.database_gone_first_not_idempotent")
+def database_gone_first_not_idempotent(key: str) -> None:
+    record("attempts", key)
+    raise OperationalError("terminating connection due to administrator command")
 
 
 @shared_task(name="tests.transient_forever", idempotent=True,
