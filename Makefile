@@ -2,16 +2,16 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test setup lint format clean
+.PHONY: run test setup lint format clean bench
 
 run:
 	scripts/run.sh
 
-# The tests whose outcome depends on the broker: the job platform and the flows users see (the
-# signup email and its outages, the upload pipeline, a broadcast whose worker is killed).
-# `make test` runs everything on Redis, then these again on RabbitMQ.
+# The tests whose outcome depends on the broker: the job platform, the flows users see (the
+# signup email and its outages, the upload pipeline, a broadcast whose worker is killed) and the
+# chaos suite. `make test` runs everything on Redis, then these again on RabbitMQ.
 BROKER_TESTS := tests/jobs tests/accounts/test_email_flow.py tests/accounts/test_outages.py \
-	tests/media/test_pipeline.py tests/notifications/test_announcements.py
+	tests/media/test_pipeline.py tests/notifications/test_announcements.py tests/chaos
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -19,6 +19,10 @@ test: setup
 
 setup:
 	scripts/setup.sh
+
+# Every benchmark at a quick size; writes bench/RESULTS.md (bench/all.py).
+bench: setup
+	$(PYTHON) bench/all.py --quick
 
 lint: setup
 	$(VENV)/bin/ruff check .

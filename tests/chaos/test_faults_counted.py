@@ -49,7 +49,8 @@ SETTLE_SECONDS = 300
 
 
 class Scenario:
-    def __init__(self, smtp, push_service, start_worker) -> None:
+    def __init__(self, smtp, push_service, start_worker, *, beat) -> None:
+        self.beat = beat
         self.smtp = smtp
         self.push_service = push_service
         self.start_worker = start_worker
@@ -86,7 +87,7 @@ class Scenario:
 def recovery(open_at_sweep: int | None) -> str:
     if not open_at_sweep:
         return "the platform"
-    return f"the platform, the sweeps {LATER.seconds // 3600} h later for {open_at_sweep}"
+    return f"the platform; the sweeps for {open_at_sweep}"
 
 
 def settle(workloads: list[Workload]) -> dict[str, int]:
@@ -134,8 +135,11 @@ def sweeps_run_later() -> None:
 
 
 @pytest.fixture
-def scenario(no_worker_running, smtp, push_service, start_worker) -> Scenario:
-    return Scenario(smtp, push_service, start_worker)
+def scenario(no_worker_running, smtp, push_service, start_worker, start_beat) -> Scenario:
+    """A scenario on the production set-up: the periodic jobs synced and a beat running them
+    (the outbox relay every few seconds, the sweeps on their own schedules)."""
+    call_command("sync_periodic_tasks")
+    return Scenario(smtp, push_service, start_worker, beat=start_beat())
 
 
 # --- processes killed -----------------------------------------------------------------------
@@ -189,10 +193,9 @@ def test_the_broker_restarted_empty(scenario, broker_server):
     scenario.count("broker restarted empty", in_flight=in_flight, began=began)
 
 
-def test_the_broker_frozen_longer_than_the_publish_timeout(scenario, broker_server, start_beat):
-    # given a worker and a beat (its outbox relay)
+def test_the_broker_frozen_longer_than_the_publish_timeout(scenario, broker_server):
+    # given a worker
     scenario.start_worker()
-    start_beat()
     # when the broker stops answering (SIGSTOP) while every pipeline's jobs are asked for
     broker_server.freeze()
     began = time.monotonic()
@@ -296,12 +299,9 @@ def test_a_worker_stopped_twice_while_it_works(scenario):
 
 
 def test_two_beats(scenario, start_beat):
-    # given the periodic jobs synced, two beats started at once, and a worker
-    call_command("sync_periodic_tasks")
+    # given a second beat beside the scenario's, and a worker
     scenario.start_worker()
-    beats = [start_beat(wait=False) for _ in range(2)]
-    for beat in beats:
-        beat.wait_ready()
+    beats = [scenario.beat, start_beat()]
     began = time.monotonic()
     # when every pipeline's jobs are asked for, while the beats run the sweeps, the relay and
     # the erasures' queuing job
