@@ -18,7 +18,7 @@ from accounts import tokens
 from accounts.models import EmailDelivery, User
 from jobs.brokers import queue_drained
 from jobs.deadletters import DeadLetterNotActionable
-from jobs.lost_messages import lost_after, lost_rows_requeue
+from jobs.lost_messages import interrupted_rows_mark_unknown, lost_after, lost_rows_requeue
 from jobs.models import DeadLetter
 from jobs.outbox import enqueue
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError, classify_smtp_error
@@ -234,17 +234,20 @@ def email_deliveries_sweep(*, now: datetime | None = None) -> int:
     )
     if not lost or not queue_drained(EMAIL_QUEUE):
         return 0
-    interrupted = [pk for pk, _, status in lost if status == EmailDelivery.Status.SENDING]
-    settled = EmailDelivery.objects.filter(
-        pk__in=interrupted, status=EmailDelivery.Status.SENDING, updated_at__lt=now
-    ).update(
+    sending = EmailDelivery.Status.SENDING
+    interrupted = interrupted_rows_mark_unknown(
+        EmailDelivery.objects.filter(status=sending),
+        [(pk, updated_at) for pk, updated_at, status in lost if status == sending],
+        now=now,
         status=EmailDelivery.Status.UNKNOWN,
         last_error="interrupted while sending, and its message lost; may have been delivered",
-        updated_at=now,
     )
+    for delivery_id in interrupted:
+        _address_forget_if_final(delivery_id=delivery_id)
+    settled = len(interrupted)
     queued_again = lost_rows_requeue(
         EmailDelivery.objects.filter(status=EmailDelivery.Status.QUEUED),
-        [(pk, updated_at) for pk, updated_at, status in lost if pk not in interrupted],
+        [(pk, updated_at) for pk, updated_at, status in lost if status != sending],
         now=now,
         requeue=lambda delivery_id: enqueue(tasks.send_email, delivery_id=delivery_id),
     )

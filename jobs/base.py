@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -51,8 +52,8 @@ from jobs.outbox import (
 from jobs.redis import redis_client
 from jobs.retry import DEFAULT_BACKOFF, NEVER_RETRY, RetryPolicy, TransientError
 
-# A connection to the database that failed or was cut: the server restarting, failing over,
-# unreachable (and, on SQLite, a database locked past its timeout).
+# The database failing a task for a while: a connection cut or refused (a restart, a failover)
+# and, as psycopg and SQLite report them too, a deadlock, a lock or statement timeout.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 logger = logging.getLogger("jobs.task")
@@ -150,13 +151,16 @@ class PlatformTask(DjangoTask):
             policy = self.retry_policy
             verdict = policy.classified(error)
             if self.idempotent and isinstance(error, DATABASE_UNAVAILABLE):
-                # The database went away under the run (a restart, a failover): nothing about
-                # the task failed, and running it again is safe, whatever its own policy. A dead
-                # letter could not even be written now: the message would be acknowledged, lost.
-                policy, verdict = (
+                # The database went away under the run (a restart, a failover) or refused it for
+                # a while (a deadlock, a lock timeout): nothing about the task failed, and
+                # running it again is safe, whatever its own policy. A dead letter could not
+                # even be written during an outage: the message would be acknowledged, lost.
+                # Counted with the task's own retries, so at least the default number is left.
+                policy = replace(
                     DEFAULT_BACKOFF,
-                    TransientError(f"{type(error).__name__}: {error}"),
+                    max_retries=max(policy.retries_allowed, DEFAULT_BACKOFF.retries_allowed),
                 )
+                verdict = TransientError(f"{type(error).__name__}: {error}")
             if isinstance(verdict, TransientError) and request.retries < policy.retries_allowed:
                 wait = policy.wait_seconds(
                     retries_so_far=request.retries, retry_after=verdict.retry_after

@@ -50,3 +50,16 @@ def lost_rows_requeue(
                 requeue(pk, *rest)
                 queued_again += 1
     return queued_again
+
+
+def interrupted_rows_mark_unknown(
+    sending: QuerySet, rows: Iterable[tuple], *, now: datetime, **fields
+) -> list:
+    """Mark `unknown` (with `fields`) each of `rows` (`pk, updated_at`) still `sending` and
+    unmoved since it was read: its worker died mid-send, then its message was lost, so nothing
+    will settle it, and the provider may have it. Returns the pks it marked."""
+    marked = []
+    for pk, updated_at in rows:
+        if sending.filter(pk=pk, updated_at=updated_at).update(updated_at=now, **fields):
+            marked.append(pk)
+    return marked

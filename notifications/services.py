@@ -29,7 +29,7 @@ from django.utils import timezone
 from accounts.emails import email_delivery_create
 from accounts.models import EmailDelivery, User
 from jobs.brokers import queue_drained
-from jobs.lost_messages import lost_after, lost_rows_requeue
+from jobs.lost_messages import interrupted_rows_mark_unknown, lost_after, lost_rows_requeue
 from jobs.outbox import enqueue
 from jobs.retry import OutcomeUnknown, PermanentError, TransientError
 from notifications import providers
@@ -369,10 +369,10 @@ def push_lost_after() -> timedelta:
 
 
 def push_deliveries_lost(*, now: datetime | None = None) -> QuerySet[PushDelivery]:
-    """Queued deliveries unmoved for longer than a live message waits: what the sweep queues
-    again (while the queue is empty), and /metrics counts."""
+    """Deliveries queued, or being sent, and unmoved for longer than a live message waits: what
+    the sweep acts on (while the queue is empty), and /metrics counts."""
     return PushDelivery.objects.filter(
-        status=PushDelivery.Status.QUEUED,
+        status__in=(PushDelivery.Status.QUEUED, PushDelivery.Status.SENDING),
         updated_at__lt=(now or timezone.now()) - push_lost_after(),
     )
 
@@ -383,6 +383,8 @@ def push_deliveries_sweep(*, now: datetime | None = None) -> int:
 
     A delivery still queued push_lost_after() after its row last moved is queued again, but only
     while the notifications queue holds no message: a broadcast waiting its turn is not lost.
+    One still `sending` by then had its worker die mid-send and its message lost: the service
+    may have it, so it becomes `unknown`, for a person, as a redelivered message would make it.
     Queuing one whose message still exists costs a spare run, which finds it sent and returns
     (push_delivery_send sends at most once). One not sent within the push's time to live is
     failed: the service would drop it by then anyway, and the inbox has it (its message, if it
@@ -400,22 +402,37 @@ def push_deliveries_sweep(*, now: datetime | None = None) -> int:
     lost = list(
         push_deliveries_lost(now=now)
         .order_by("updated_at")
-        .values_list("pk", "updated_at", "device__platform")[:SWEEP_BATCH]
+        .values_list("pk", "updated_at", "device__platform", "status")[:SWEEP_BATCH]
     )
     if not lost or not queue_drained(PUSH_QUEUE):
         return expired
+    sending = PushDelivery.Status.SENDING
+    interrupted = interrupted_rows_mark_unknown(
+        PushDelivery.objects.filter(status=sending),
+        [(pk, updated_at) for pk, updated_at, _, status in lost if status == sending],
+        now=now,
+        status=PushDelivery.Status.UNKNOWN,
+        last_error="interrupted while sending, and its message lost; may have been delivered",
+    )
     queued_again = lost_rows_requeue(
         PushDelivery.objects.filter(status=PushDelivery.Status.QUEUED),
-        lost,
+        [
+            (pk, updated_at, platform)
+            for pk, updated_at, platform, status in lost
+            if status != sending
+        ],
         now=now,
         requeue=lambda delivery_id, platform: enqueue(
             tasks.send_push, push_delivery_id=delivery_id, platform=platform
         ),
     )
     logger.warning(
-        "push sweep: %d delivery(ies) had lost their message, queued again", queued_again
+        "push sweep: %d delivery(ies) had lost their message, %d queued again, %d unknown",
+        queued_again + len(interrupted),
+        queued_again,
+        len(interrupted),
     )
-    return expired + queued_again
+    return expired + queued_again + len(interrupted)
 
 
 def notifications_prune(*, now: datetime | None = None) -> int:

@@ -12,10 +12,14 @@ at that later time (`sweeps_run_later`), and the row says so.
 """
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -25,6 +29,7 @@ from django.utils import timezone
 
 from accounts.deletion import account_erasures_resume_stalled
 from accounts.emails import email_deliveries_sweep
+from config.celery import app
 from jobs.batches import batches_sweep
 from jobs.brokers import messages_waiting_in
 from jobs.models import OutboxMessage
@@ -69,7 +74,9 @@ class Scenario:
         """The pipelines are running, most of their work still ahead."""
         return any(w.begun() for w in self.workloads)
 
-    def count(self, fault: str, *, in_flight: dict[str, int], began: float) -> None:
+    def count(
+        self, fault: str, *, in_flight: dict[str, int], began: float, unaided: bool = False
+    ) -> None:
         """Wait until every job is final (running the sweeps as later if it comes to that),
         then add a row per pipeline to the ledger, and require each to be clean."""
         open_at_sweep = settle(self.workloads)
@@ -82,6 +89,8 @@ class Scenario:
         ]  # fmt: skip
         LEDGER.extend(rows)
         assert all(row.clean for row in rows), rows
+        if unaided:  # every job done by the platform alone: nothing held, no sweep
+            assert all(row.held == 0 and row.recovered_by == recovery(None) for row in rows), rows
 
 
 def recovery(open_at_sweep: int | None) -> str:
@@ -102,7 +111,7 @@ def settle(workloads: list[Workload]) -> dict[str, int]:
             return open_at_sweep
         if snapshot != last:
             last, moved_at = snapshot, time.monotonic()
-        elif time.monotonic() - moved_at > QUIET_SECONDS and queues_empty():
+        elif time.monotonic() - moved_at > QUIET_SECONDS and nothing_waiting():
             if not open_at_sweep:
                 open_at_sweep = {
                     w.name: list(states.values()).count(OPEN)
@@ -114,14 +123,19 @@ def settle(workloads: list[Workload]) -> dict[str, int]:
     return open_at_sweep
 
 
-def queues_empty() -> bool:
-    """No message waits in a queue, nor in the outbox (the relay will publish those)."""
+def nothing_waiting() -> bool:
+    """No message waits in the outbox (the relay will publish it), in a queue, or in a worker:
+    running, reserved, or held for its countdown (a retry's wait)."""
     if OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).exists():
         return False
     try:
-        return not any(messages_waiting_in(list(settings.JOB_QUEUES)).values())
+        if any(messages_waiting_in(list(settings.JOB_QUEUES)).values()):
+            return False
+        inspect = app.control.inspect(timeout=1.0)
+        held = [inspect.active(), inspect.reserved(), inspect.scheduled()]
     except Exception:
-        return False
+        return False  # a broker that cannot say is not known to be empty
+    return all(not tasks for replies in held for tasks in (replies or {}).values())
 
 
 def sweeps_run_later() -> None:
@@ -235,12 +249,25 @@ def test_the_mail_server_and_push_service_down_for_a_minute(scenario, smtp, push
         f"mail server and push service down {PROVIDER_OUTAGE_SECONDS} s",
         in_flight=in_flight,
         began=began,
+        unaided=True,
+    )
+
+
+def postgres_on_this_machine() -> bool:
+    """The tests run on a PostgreSQL server of this machine's that the suite can restart."""
+    url = urlsplit(os.environ.get("DATABASE_URL", ""))
+    return (
+        url.scheme.startswith("postgres")
+        and url.hostname in {"127.0.0.1", "localhost", "::1"}
+        and shutil.which("pg_ctlcluster") is not None
+        and Path("/etc/postgresql").is_dir()
     )
 
 
 @pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-    reason="restarts the PostgreSQL server the tests run on (CI's database)",
+    not postgres_on_this_machine(),
+    reason="restarts the PostgreSQL server the tests run on: needs one on this machine "
+    "(DATABASE_URL on 127.0.0.1, as CI's) managed by pg_ctlcluster",
 )
 def test_the_database_restarted(scenario):
     # given every pipeline's jobs asked for, and a worker running them
@@ -256,9 +283,6 @@ def test_the_database_restarted(scenario):
 
 
 def postgres_restart() -> None:
-    import subprocess
-    from pathlib import Path
-
     version = sorted(Path("/etc/postgresql").iterdir(), key=lambda p: float(p.name))[-1].name
     command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"]
     if os.geteuid() != 0:

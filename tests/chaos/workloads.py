@@ -16,11 +16,11 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts import deletion
-from accounts.models import AccountErasure, EmailDelivery
+from accounts.models import EmailDelivery
 from accounts.services import api_token_create
 from media.models import Upload
 from notifications.announcements import announcement_publish
-from notifications.models import ChannelPreference, Device, Kind, PushDelivery
+from notifications.models import ChannelPreference, Device, Kind, Notification, PushDelivery
 from reports.models import Report
 from tests.media.images_for_tests import jpeg
 
@@ -31,6 +31,7 @@ DONE, HELD, OPEN = "done", "held", "open"
 # unknown waits for "send again"; each has its dead letter or status in the admin.
 EMAIL_HELD = {EmailDelivery.Status.FAILED, EmailDelivery.Status.UNKNOWN}
 PUSH_HELD = {PushDelivery.Status.FAILED, PushDelivery.Status.UNKNOWN}
+ERASED_SUBJECT = "Your account has been deleted"
 
 
 @dataclass
@@ -120,9 +121,12 @@ class Workload:
             return DONE
         return HELD if statuses & PUSH_HELD else OPEN
 
+    @classmethod
+    def email_state(cls, deliveries) -> str:
+        return cls.email_state_of(set(deliveries.values_list("status", flat=True)))
+
     @staticmethod
-    def email_state(deliveries) -> str:
-        statuses = set(deliveries.values_list("status", flat=True))
+    def email_state_of(statuses: set[str]) -> str:
         if statuses == {EmailDelivery.Status.SENT}:
             return DONE
         return HELD if statuses & EMAIL_HELD else OPEN
@@ -234,22 +238,31 @@ class Erasures(Workload):
         deletion.account_erasures_queue_due()
 
     def effects(self) -> Counter:
-        return self.emails("Your account has been deleted")
+        return self.emails(ERASED_SUBJECT)
 
     def states(self) -> dict[str, str]:
-        # The erased accounts' addresses are forgotten once their email is settled: counted for
-        # the workload as a whole, then spread over its keys.
-        erased = AccountErasure.objects.filter(status=AccountErasure.Status.DONE).count()
-        last_emails = EmailDelivery.objects.filter(kind=EmailDelivery.Kind.ACCOUNT_ERASED)
-        sent = last_emails.filter(status=EmailDelivery.Status.SENT).count()
-        held = last_emails.filter(status__in=EMAIL_HELD).count()
-        done = min(erased, sent)
-        states = [DONE] * done + [HELD] * min(held, erased - done)
-        states += [OPEN] * (self.size - len(states))
-        arrived = self.effects()
-        # The keys whose email arrived first, so a key's effect and state tell the same story.
-        ordered = sorted(self.keys, key=lambda key: -arrived[key])
-        return dict(zip(ordered, states, strict=True))
+        # An erased account's address is forgotten once its last email is settled: each key is
+        # matched to its delivery row by the Message-ID of the email that arrived. The rows of
+        # the keys whose email never arrived are theirs in some order; what those rows say
+        # (sent with nothing arrived: lost; failed or unknown: held; still queued: open) holds
+        # whichever key each belongs to.
+        rows = dict(
+            EmailDelivery.objects.filter(kind=EmailDelivery.Kind.ACCOUNT_ERASED).values_list(
+                "message_id", "status"
+            )
+        )
+        states, unmatched = {}, []
+        for key in self.keys:
+            arrived = [m for m in self.smtp.sent_to(key) if ERASED_SUBJECT in m["Subject"]]
+            statuses = {rows.pop(m["Message-ID"], None) for m in arrived} - {None}
+            if statuses:
+                states[key] = self.email_state_of(statuses)
+            else:
+                unmatched.append(key)
+        left = list(rows.values())
+        for key in unmatched:
+            states[key] = self.email_state_of({left.pop()}) if left else OPEN
+        return states
 
 
 class Broadcast(Workload):
@@ -259,14 +272,31 @@ class Broadcast(Workload):
     devices = 30
 
     def ask(self) -> None:
-        self.people(push_kind=Kind.ANNOUNCEMENT, pushed=self.devices)
+        users = self.people(push_kind=Kind.ANNOUNCEMENT, pushed=self.devices)
+        self.pushed = set(self.keys)
+        self.keys = [user.email for user in users]
         announcement_publish(title="Maintenance on Sunday", body="From 2 to 3 am.", by=None)
 
     def effects(self) -> Counter:
-        return self.pushes(Kind.ANNOUNCEMENT)
+        """A pushed person's pushes; anyone else's notices in the inbox."""
+        pushes, inbox = self.pushes(Kind.ANNOUNCEMENT), self.inbox()
+        return Counter({key: (pushes if key in self.pushed else inbox)[key] for key in self.keys})
 
     def states(self) -> dict[str, str]:
-        return {key: self.push_state(key, Kind.ANNOUNCEMENT) for key in self.keys}
+        inbox = self.inbox()
+        return {
+            key: self.push_state(key, Kind.ANNOUNCEMENT)
+            if key in self.pushed
+            else (DONE if inbox[key] else OPEN)
+            for key in self.keys
+        }
+
+    def inbox(self) -> Counter:
+        return Counter(
+            Notification.objects.filter(kind=Kind.ANNOUNCEMENT).values_list(
+                "user__email", flat=True
+            )
+        )
 
 
 WORKLOADS = {kind.name: kind for kind in (Signups, Uploads, Reports, Erasures, Broadcast)}

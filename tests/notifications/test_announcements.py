@@ -304,6 +304,22 @@ def test_a_push_whose_message_was_lost_is_queued_again_and_sent_once(celery_work
     assert sorted(r.path for r in push_service.received) == ["/push/lost", "/push/recent"]
 
 
+def test_a_push_cut_mid_send_whose_message_was_lost_is_left_to_a_person(
+    no_worker_running, push_service, transactional_db
+):
+    # given a delivery whose worker died mid-send (left `sending`) and whose message the broker
+    # then lost
+    cut = queued_delivery(push_service, age=lost_age(), name="cut")
+    PushDelivery.objects.filter(pk=cut.pk).update(status=PushDelivery.Status.SENDING)
+    # when the sweep runs, then it marks it unknown (the service may have it), once
+    assert services.push_deliveries_sweep() == 1
+    cut.refresh_from_db()
+    assert cut.status == PushDelivery.Status.UNKNOWN and "may have been" in cut.last_error
+    assert services.push_deliveries_sweep() == 0
+    # and it was not sent again
+    assert push_service.received == []
+
+
 def test_a_push_whose_message_comes_after_its_time_to_live_is_not_sent(celery_worker, push_service):
     # given a delivery a day and an hour old whose message still comes (a backlog, a re-drive)
     late = queued_delivery(push_service, age=timedelta(hours=25), name="late")
