@@ -7,8 +7,8 @@ row: lost 0, twice 0, every job final. The session prints the table (docs/reliab
 Recovery is what production has: redelivery (RabbitMQ requeues a dead connection's messages,
 Redis workers restore a dead worker's lapsed lease), retries, the outbox relay in beat, and the
 periodic sweeps. A sweep acts on what waited past its deadline, minutes to hours; once nothing
-has moved for QUIET_SECONDS with every queue empty, the scenario runs each sweep as beat would
-at that later time (`sweeps_run_later`), and the row says so.
+has moved for QUIET_SECONDS with nothing waiting anywhere (`nothing_waiting`), the scenario
+runs each sweep as beat would at that later time (`sweeps_run_later`), and the row says so.
 """
 
 import os
