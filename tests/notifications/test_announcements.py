@@ -226,6 +226,7 @@ def test_a_worker_killed_whole_mid_broadcast_leaves_everyone_with_it_once(
 # A push platform's limit, shared by every worker (jobs/ratelimit.py), as workers read it at start.
 RATE = 5
 LIMITS = f"smtp=20/s,webpush={RATE}/s,fcm=50/s,apns=50/s"
+LATENESS = 0.5  # seconds a send may arrive after its slot on a loaded machine
 
 
 def test_pushes_keep_to_the_providers_limit_across_two_workers(
@@ -246,14 +247,14 @@ def test_pushes_keep_to_the_providers_limit_across_two_workers(
     # when an announcement goes to 25 people pushing to a browser each
     with_devices(people(25), push_service)
     publish(staff_admin())
-    # then every push arrives, and in no two seconds more than 2 * RATE + 1 of them (one of
-    # burst). Two seconds, not one: the limiter hands out send times, and on a busy machine a
-    # send can leave a few hundred milliseconds after its slot, next to the following one; four
-    # pool processes without a limit would send all 25 within a second.
+    # then every push arrives, and no two seconds hold more than the slots the limiter hands out
+    # in them, give or take LATENESS: a slot is a send time, and on a busy machine a send can
+    # arrive up to half a second after its own slot, beside later ones. Four pool processes
+    # without a limit would send all 25 within a second.
     eventually(lambda: len(push_service.received) >= 25, timeout=60, interval=0.2)
     stamps = sorted(received.at for received in push_service.received)
     busiest = max(sum(1 for t in stamps if start <= t <= start + 2.0) for start in stamps)
-    assert busiest <= 2 * RATE + 1, stamps
+    assert busiest <= int(RATE * (2.0 + LATENESS)) + 1, stamps
     assert stamps[-1] - stamps[0] >= (25 - 1) / RATE - 0.2
     # and both workers sent some
     for worker in workers:
