@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "reports": ([], ["--subscribers", "20"]),
     "erasure": ([], []),
     "notifications": ([], ["--accounts", "1000"]),
+    "hosts": ([], ["--tasks", "500", "--uploads", "6"]),
 }
 # A line that states a goal's outcome, in each benchmark's own words.
 VERDICT_WORDS = (" met", "MISSED", "NOT met", "goal", "target")

@@ -33,6 +33,7 @@ if Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import multiprocessing
+import threading
 import time
 
 from bench import support
@@ -101,8 +102,8 @@ def main() -> None:
 
 
 def _push_service_run(*, port: int, cert: Path, key: Path) -> None:
-    service = PushService(port=port, cert=cert, key=key)
-    service.server.serve_forever()
+    PushService(port=port, cert=cert, key=key).start()
+    threading.Event().wait()  # serves from its own thread until this process is terminated
 
 
 def _run(accounts: list[int], *, options, worker: support.Worker) -> None:

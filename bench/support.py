@@ -133,10 +133,13 @@ class Worker(Server):
         concurrency: int,
         queues: list[str] | None = None,
         options: Iterable[str] = (),
+        launcher: Iterable[str] = (),
     ) -> None:
         """`queues`: None for every queue of settings.JOB_QUEUES. `options`: more arguments
-        for `celery worker`."""
+        for `celery worker`. `launcher`: words that run it elsewhere (a test host,
+        tests/hosts.py)."""
         super().__init__(logfile=logfile)
+        self.launcher = list(launcher)
         self.name = f"{name_prefix}-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         self.concurrency = concurrency
         self.queues = queues
@@ -149,7 +152,7 @@ class Worker(Server):
 
         queues = self.queues if self.queues is not None else settings.JOB_QUEUES
         command = [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
+            *self.launcher, sys.executable, "-m", "celery", "-A", "config", "worker",
             "--hostname", self.name, "--queues", ",".join(queues),
             "--concurrency", str(self.concurrency), "--pool", "prefork",
             # A lone worker has no peers to synchronise with; skip the start-up wait.

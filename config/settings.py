@@ -105,6 +105,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": env.str("SQLITE_TEST_DATABASE", default=str(VAR_DIR / "test-db.sqlite3"))
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A worker whose host drops off the network mid-transaction leaves its session open on the
+    # server, holding its row locks, until TCP gives up on the connection (hours): another
+    # worker that runs the same job again waits on them all that time. The server ends a session
+    # left idle inside a transaction this long, which frees the locks; no task of ours leaves a
+    # transaction idle for more than moments.
+    idle_seconds = env.int("DATABASE_IDLE_IN_TRANSACTION_SECONDS", default=60)
+    database_options = DATABASES["default"].setdefault("OPTIONS", {})
+    database_options["options"] = " ".join(
+        filter(
+            None,
+            [
+                database_options.get("options", ""),
+                f"-c idle_in_transaction_session_timeout={idle_seconds * 1000}",
+            ],
+        )
+    )
 # Reuse connections across requests and, in workers, across tasks (jobs/connections.py); the
 # health check drops ones the server closed.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

@@ -18,6 +18,8 @@ declare -A SYSTEM_PACKAGES=(
     [fonts-dejavu-core]="a font for the PDF reports on machines that have none"
     [chromium]="the browser test of Web Push (tests/e2e/), driven by Playwright: Debian's build, never one Playwright downloads"
     [prometheus]="promtool, which checks and unit-tests the alert rules (deploy/prometheus/); the server it also brings is not used"
+    [iproute2]="ip netns: the tests' and bench/hosts.py's test hosts (scripts/test-hosts.sh)"
+    [socat]="forwards the services' ports into the test hosts (tests/hosts.py)"
 )
 
 missing=()
@@ -32,7 +34,7 @@ if command -v dpkg-query >/dev/null; then
         missing+=("python3-venv")
     fi
 elif ! command -v redis-server >/dev/null; then
-    echo "Not a Debian/Ubuntu machine: install redis-server, rabbitmq-server, Pango, HarfBuzz, Chromium and promtool by hand." >&2
+    echo "Not a Debian/Ubuntu machine: install redis-server, rabbitmq-server, Pango, HarfBuzz, Chromium, promtool, iproute2 and socat by hand." >&2
     exit 1
 fi
 

@@ -180,10 +180,18 @@ class ProjectProcess:
 
     program = ""
 
-    def __init__(self, *, logdir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        logdir: Path,
+        extra_env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+    ) -> None:
+        """`launcher`: words that run the command elsewhere (on a test host, tests/hosts.py)."""
         self.name = f"test-{self.program}-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
         self.logfile = logdir / f"{self.name.split('@')[0]}.log"
         self.extra_env = extra_env or {}
+        self.launcher = launcher or []
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -194,7 +202,7 @@ class ProjectProcess:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(),
+                [*self.launcher, *self.command()],
                 cwd=BASE_DIR,
                 env=env,
                 stdout=log,

@@ -1,7 +1,11 @@
-"""The chaos suite's table: each scenario adds its rows; the session prints them at its end and
-writes them to the session folder, for docs/reliability.md."""
+"""The chaos suite's scenario, and its table: each scenario adds its rows; the session prints them
+at its end and writes them to the session folder, for docs/reliability.md."""
+
+import pytest
+from django.core.management import call_command
 
 from tests.chaos.ledger import LEDGER
+from tests.chaos.scenario import Scenario
 from tests.harness import SESSION_DIR, TEST_BROKER
 
 
@@ -13,3 +17,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
     path.write_text(table)
     terminalreporter.section(f"faults, counted ({TEST_BROKER}; also in {path})")
     terminalreporter.write(table)
+
+
+@pytest.fixture
+def scenario(no_worker_running, smtp, push_service, start_worker, start_beat) -> Scenario:
+    """A scenario on the production set-up: the periodic jobs synced and a beat running them
+    (the outbox relay every few seconds, the sweeps on their own schedules)."""
+    call_command("sync_periodic_tasks")
+    return Scenario(smtp, push_service, start_worker, beat=start_beat())

@@ -109,3 +109,26 @@ def push_delivered(
         "ServiceWorker.deliverPushMessage",
         {"origin": origin, "registrationId": version["registrationId"], "data": payload.decode()},
     )
+
+
+def push_shown(
+    page: "Page", cdp: "CDPSession", *, origin: str, script: str, payload: bytes
+) -> list[dict]:
+    """Hand our service worker a push message (`push_delivered`) and, once it has told the
+    page that it showed it, the notifications it shows. Asked any sooner, Chromium may drop a
+    notification it has stored but not yet displayed."""
+    page.evaluate(
+        """() => {
+            window.toldByServiceWorker = new Promise((resolve) =>
+                navigator.serviceWorker.addEventListener("message", resolve, { once: true }));
+        }"""
+    )
+    push_delivered(page, cdp, origin=origin, script=script, payload=payload)
+    told = page.evaluate(
+        """() => Promise.race([
+            window.toldByServiceWorker.then(() => true),
+            new Promise((resolve) => setTimeout(() => resolve(false), 10000)),
+        ])"""
+    )
+    assert told, "the service worker never told the page of the push"
+    return notifications_shown(page)

@@ -1,11 +1,11 @@
 """The product end to end, as a person uses it, in Debian's Chromium: sign up, open the emailed
-link, log in, upload three photos (one taken with the phone turned) and watch them reach 100 %,
-open a variant, ask for a report and download its PDF, delete the account and cancel, then
-delete it for good, after which the old login fails. (Web Push in the browser has a test of its
-own, tests/e2e/test_push_browser.py.)
+link, log in, ask for push notifications, upload three photos (one taken with the phone turned)
+and watch them reach 100 %, see the browser show the push that says one is ready, open a variant,
+ask for a report and download its PDF, delete the account and cancel, then delete it for good,
+after which the old login fails.
 
 Against the web server, a worker consuming every queue and beat as production runs them, the
-session's SMTP server, on the test database. Every page is checked for
+session's SMTP server and Web Push service, on the test database. Every page is checked for
 console errors and at a phone's width; a failing run leaves a screenshot of the page it was on
 in the session folder.
 """
@@ -19,7 +19,14 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from PIL import Image
 
-from tests.e2e.browsers import PASSWORD, Browser
+from tests.e2e.browsers import (
+    PASSWORD,
+    SUBSCRIBE_BUTTON,
+    Browser,
+    push_shown,
+    subscription_stored,
+    worker_registration,
+)
 from tests.services import WebProcess, eventually
 
 EMAIL = "whole.flow@example.com"
@@ -62,6 +69,7 @@ def test_a_person_signs_up_uploads_gets_a_report_and_deletes_their_account(
     celery_worker,
     start_beat,
     smtp,
+    push_service,
     collected_static: Path,
     tmp_path: Path,
 ):
@@ -83,6 +91,15 @@ def test_a_person_signs_up_uploads_gets_a_report_and_deletes_their_account(
     log_in(page)
     page.wait_for_url("**/dashboard")
 
+    # ask for push notifications in this browser: the page registers our service worker. The
+    # browser's own subscription would need Google's push service, which this machine cannot
+    # reach: one whose keys the test holds is stored instead, as the page stores one
+    page.goto("/notifications/settings")
+    page.get_by_role("button", name=SUBSCRIBE_BUTTON).click()
+    service_worker = worker_registration(page)["script"]
+    subscription = push_service.subscription()
+    assert subscription_stored(page, subscription.as_json()) == 201
+
     # upload three photos at once and watch them reach 100 %
     files = {
         "turned.jpg": turned_photo(),
@@ -102,6 +119,20 @@ def test_a_person_signs_up_uploads_gets_a_report_and_deletes_their_account(
     eventually(every_card_ready, timeout=60, interval=0.5)
     progress = page.locator(".upload-card progress")
     assert [progress.nth(i).get_attribute("value") for i in range(3)] == ["100"] * 3
+
+    # each ready upload is pushed to the browser, whose service worker shows it
+    pushes = eventually(
+        lambda: [r for r in push_service.received if r.path == "/push/browser"] or None,
+        timeout=30,
+    )
+    shown = push_shown(
+        page,
+        browser.context.new_cdp_session(page),
+        origin=web.url,
+        script=service_worker,
+        payload=subscription.plaintext(pushes[0].body),
+    )
+    assert shown[0]["title"].endswith(".jpg is ready"), shown
 
     # open a variant of each: the turned photo's comes upright (portrait)
     uploads = get_user_model().objects.get(email=EMAIL).uploads.all()

@@ -4,10 +4,11 @@ from one request to the next, and drops one the server closed (jobs/connections.
 import uuid
 
 import pytest
-from django.db import connection
+from django.contrib.auth import get_user_model
+from django.db import OperationalError, connection, transaction
 
 from tests.services import eventually
-from tests.worker_tasks.platform import database_session, recorded
+from tests.worker_tasks.platform import database_session, recorded, row_locked_then_idle
 
 
 def sessions(key: str) -> list[tuple[int, str]]:
@@ -50,3 +51,31 @@ def test_a_connection_the_database_closed_between_tasks_costs_the_next_task_noth
     eventually(lambda: len(sessions(key)) == 2, timeout=20)
     assert sessions(key)[1][0] == 1 and sessions(key)[1][1] != backend
     assert "outcome=retry" not in worker.logfile.read_text()
+
+
+def row_lockable(user_id: int) -> bool:
+    try:
+        with transaction.atomic():
+            get_user_model().objects.select_for_update(nowait=True).get(pk=user_id)
+            return True
+    except OperationalError:
+        return False
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL only: a server that ends a session"
+)
+def test_a_session_left_idle_in_a_transaction_is_ended_by_the_server_and_its_locks_freed(
+    no_worker_running, start_worker
+):
+    # given a worker whose sessions may sit idle in a transaction for a second at most
+    start_worker(concurrency=1, extra_env={"DATABASE_IDLE_IN_TRANSACTION_SECONDS": "1"})
+    user = get_user_model().objects.create_user("locked@example.com", "a long passphrase 1")
+    key = uuid.uuid4().hex
+    # when a task of it locks a row and then goes quiet inside its transaction, as one whose
+    # host dropped off the network between two statements
+    row_locked_then_idle.delay(key=key, user_id=user.pk, seconds=30)
+    eventually(lambda: recorded("row-locked", key), timeout=20)
+    assert not row_lockable(user.pk)
+    # then the server ends its session within seconds, not the task's 30, and the row is free
+    eventually(lambda: row_lockable(user.pk), timeout=10, interval=0.2)

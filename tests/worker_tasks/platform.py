@@ -166,3 +166,15 @@ def database_session(key: str) -> None:
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]
     record("database-session", key, f"{served} {backend}")
+
+
+@shared_task(name="tests.row_locked_then_idle")
+def row_locked_then_idle(key: str, user_id: int, seconds: float) -> None:
+    """Locks a user's row, records it, then leaves its transaction idle for `seconds`: a worker
+    whose host dropped off the network between two statements."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().get(pk=user_id)
+        record("row-locked", key)
+        time.sleep(seconds)

@@ -1,0 +1,146 @@
+"""Test hosts: workers in network namespaces of their own (scripts/test-hosts.sh), reaching the
+run's services on this machine (broker, Redis, database, mail and push stand-ins) through a veth
+pair, the way workers on other hosts reach them over a network.
+
+Every service keeps its 127.0.0.1 address, so a process on a test host runs with the same
+environment as one here: inside each host, socat listens on 127.0.0.1:PORT and forwards to this
+machine's end of the host's link, where a second socat forwards to 127.0.0.1:PORT. Cutting a
+host's link leaves its connections hanging, as when a host drops off the network: nothing is
+reset, and the broker learns of it only from its own timeouts (RabbitMQ's heartbeats, the Redis
+workers' leases).
+
+Free of Django, like tests/processes.py, for the benchmarks too.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Self
+
+from tests.processes import REPO_ROOT, START_TIMEOUT_SECONDS, spawn
+
+SCRIPT = REPO_ROOT / "scripts" / "test-hosts.sh"
+_LOCAL_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):(\d+)")
+
+
+def hosts_unavailable() -> str:
+    """Why test hosts cannot be made here, or '' if they can."""
+    if shutil.which("socat") is None:
+        return "test hosts forward ports with socat, which is not installed: run `make setup`"
+    if shutil.which("ip") is None:
+        return "test hosts need iproute2's `ip`, which is not installed"
+    probe = f"saas-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode:
+        return (
+            "network namespaces are not allowed here (they need root or CAP_NET_ADMIN): "
+            + made.stderr.strip()
+        )
+    subprocess.run(["ip", "netns", "del", probe], check=True)
+    return ""
+
+
+def local_ports(environment: dict[str, str]) -> list[int]:
+    """The 127.0.0.1 ports an environment's URLs name: what a test host must reach."""
+    ports = {port for value in environment.values() for port in _LOCAL_PORT.findall(value)}
+    return sorted(int(port) for port in ports)
+
+
+class TestHosts:
+    """Hosts 1..count with `ports` of this machine forwarded into each; a context manager that
+    makes them and removes them again."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(self, count: int, *, ports: Iterable[int], logdir: Path) -> None:
+        self.count = count
+        self.ports = sorted(set(ports))
+        self.logdir = logdir
+        self.forwarders: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Self:
+        self.script("up", self.count)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for host in range(1, self.count + 1):
+                self._forward(host)
+                self._wait_listening(host)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # The script kills what still runs on the hosts; here, this machine's forwarders, each
+        # with the children it forked per connection (its process group).
+        self.script("down", self.count)
+        for forwarder in self.forwarders:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(forwarder.pid, signal.SIGKILL)
+            forwarder.wait()
+        self.forwarders.clear()
+
+    def launcher(self, host: int) -> list[str]:
+        """The words that run a command on `host`."""
+        return ["ip", "netns", "exec", f"saas-host{host}"]
+
+    def cut(self, host: int) -> None:
+        """Take the host off the network: its link goes down, its connections hang."""
+        self.script("cut", host)
+
+    def heal(self, host: int) -> None:
+        self.script("heal", host)
+
+    @staticmethod
+    def script(command: str, argument: int) -> str:
+        return subprocess.run(
+            [str(SCRIPT), command, str(argument)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    def _forward(self, host: int) -> None:
+        machine_end = self.script("address", host)
+        with (self.logdir / f"forwarders-host{host}.log").open("ab") as log:
+            for port in self.ports:
+                # This machine's end of the link, to the service.
+                self.forwarders.append(
+                    spawn(
+                        ["socat", f"TCP-LISTEN:{port},bind={machine_end},reuseaddr,fork",
+                         f"TCP:127.0.0.1:{port}"],
+                        log=log,
+                    )
+                )  # fmt: skip
+                # The host's own 127.0.0.1, to this machine's end of the link.
+                self.forwarders.append(
+                    spawn(
+                        [*self.launcher(host), "socat",
+                         f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                         f"TCP:{machine_end}:{port}"],
+                        log=log,
+                    )
+                )  # fmt: skip
+
+    def _wait_listening(self, host: int) -> None:
+        """Until every forwarder of the host listens: a worker started sooner would find its
+        broker refusing connections."""
+        machine_end = self.script("address", host)
+        wanted = {f"127.0.0.1:{port}" for port in self.ports}
+        wanted_here = {f"{machine_end}:{port}" for port in self.ports}
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not (wanted <= _listening(self.launcher(host)) and wanted_here <= _listening([])):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the forwarders of host {host} never listened")
+            time.sleep(0.05)
+
+
+def _listening(launcher: list[str]) -> set[str]:
+    """address:port of every TCP listener, here or (with a launcher) on a host."""
+    listing = subprocess.run(
+        [*launcher, "ss", "-Hltn"], capture_output=True, text=True, check=True
+    ).stdout
+    return {line.split()[3] for line in listing.splitlines() if line.strip()}
