@@ -110,18 +110,23 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # server, holding its row locks, until TCP gives up on the connection (hours): another
     # worker that runs the same job again waits on them all that time. The server ends a session
     # left idle inside a transaction this long, which frees the locks; no task of ours leaves a
-    # transaction idle for more than moments.
+    # transaction idle for more than moments. 0 sends nothing: behind a pooler that refuses
+    # startup options (PgBouncer), set it on the role instead (docs/jobs.md).
     idle_seconds = env.int("DATABASE_IDLE_IN_TRANSACTION_SECONDS", default=60)
-    database_options = DATABASES["default"].setdefault("OPTIONS", {})
-    database_options["options"] = " ".join(
-        filter(
-            None,
-            [
-                database_options.get("options", ""),
-                f"-c idle_in_transaction_session_timeout={idle_seconds * 1000}",
-            ],
+    if not 0 <= idle_seconds <= 86_400:
+        raise ImproperlyConfigured("DATABASE_IDLE_IN_TRANSACTION_SECONDS: 0 (off) to 86400")
+    if idle_seconds:
+        database_options = DATABASES["default"].setdefault("OPTIONS", {})
+        # First, so that an `options` the URL carries has the last word.
+        database_options["options"] = " ".join(
+            filter(
+                None,
+                [
+                    f"-c idle_in_transaction_session_timeout={idle_seconds * 1000}",
+                    database_options.get("options", ""),
+                ],
+            )
         )
-    )
 # Reuse connections across requests and, in workers, across tasks (jobs/connections.py); the
 # health check drops ones the server closed.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

@@ -18,9 +18,13 @@ declare -A SYSTEM_PACKAGES=(
     [fonts-dejavu-core]="a font for the PDF reports on machines that have none"
     [chromium]="the browser test of Web Push (tests/e2e/), driven by Playwright: Debian's build, never one Playwright downloads"
     [prometheus]="promtool, which checks and unit-tests the alert rules (deploy/prometheus/); the server it also brings is not used"
-    [iproute2]="ip netns: the tests' and bench/hosts.py's test hosts (scripts/test-hosts.sh)"
-    [socat]="forwards the services' ports into the test hosts (tests/hosts.py)"
 )
+# The test hosts (scripts/test-hosts.sh) need root to run at all; without it their tests skip,
+# so only a user who could run them is asked for these.
+if [[ $(id -u) == 0 ]] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; then
+    SYSTEM_PACKAGES[iproute2]="ip netns: the tests' and bench/hosts.py's test hosts (scripts/test-hosts.sh)"
+    SYSTEM_PACKAGES[socat]="forwards the services' ports into the test hosts (tests/hosts.py)"
+fi
 
 missing=()
 if command -v dpkg-query >/dev/null; then

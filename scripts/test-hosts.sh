@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Test hosts on one machine: network namespaces saas-host1..N, each joined to this machine by a
 # veth pair on a /30 of its own, for running workers "on other hosts" against a broker and a
-# database that stay here (tests/chaos/test_hosts.py, bench/hosts.py). Needs root (or
-# CAP_NET_ADMIN) and iproute2.
+# database that stay here (tests/chaos/test_hosts.py, bench/hosts.py). Needs root
+# (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.
 #
 #   scripts/test-hosts.sh up N       make hosts 1..N (those that exist are made again)
 #   scripts/test-hosts.sh down N     remove hosts 1..N, killing what still runs on them
@@ -14,6 +14,8 @@
 # Host I is 10.231.I.2 inside its namespace; this machine is 10.231.I.1 on the other end.
 # Nothing listens on those addresses by itself: whoever runs the hosts forwards the ports it
 # needs (the tests start socat on both ends, so every service keeps its 127.0.0.1 address).
+# The names and addresses are the same in every run: two runs at once on one machine would
+# remake and remove each other's hosts.
 set -euo pipefail
 
 namespace() { echo "saas-host$1"; }
@@ -23,7 +25,7 @@ machine_address() { echo "10.231.$1.1"; }
 host_address() { echo "10.231.$1.2"; }
 
 check_index() {
-    if ! [[ $1 =~ ^[0-9]+$ ]] || (($1 < 1 || $1 > 250)); then
+    if ! [[ $1 =~ ^[0-9]+$ ]] || ((10#$1 < 1 || 10#$1 > 250)); then
         echo "a host number is 1 to 250, not '$1'" >&2
         exit 2
     fi
@@ -57,14 +59,15 @@ host_make() {
 }
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+    # The comment at the top of this file, without its "# ".
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
     exit 2
 }
 
 (($# == 2)) || usage
 command=$1
-argument=$2
-check_index "$argument"
+check_index "$2"
+argument=$((10#$2))
 case $command in
     up) for i in $(seq "$argument"); do host_make "$i"; done ;;
     down) for i in $(seq "$argument"); do host_remove "$i"; done ;;

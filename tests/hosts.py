@@ -22,11 +22,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
-from tests.processes import REPO_ROOT, START_TIMEOUT_SECONDS, spawn
+from tests.processes import REPO_ROOT, START_TIMEOUT_SECONDS, free_port, spawn
 
 SCRIPT = REPO_ROOT / "scripts" / "test-hosts.sh"
 _LOCAL_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):(\d+)")
+_DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "redis": 6379, "amqp": 5672, "smtp": 25}
 
 
 def hosts_unavailable() -> str:
@@ -39,17 +41,22 @@ def hosts_unavailable() -> str:
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode:
         return (
-            "network namespaces are not allowed here (they need root or CAP_NET_ADMIN): "
-            + made.stderr.strip()
+            "network namespaces are not allowed here (they need root: CAP_SYS_ADMIN and "
+            f"CAP_NET_ADMIN): {made.stderr.strip()}"
         )
     subprocess.run(["ip", "netns", "del", probe], check=True)
     return ""
 
 
 def local_ports(environment: dict[str, str]) -> list[int]:
-    """The 127.0.0.1 ports an environment's URLs name: what a test host must reach."""
-    ports = {port for value in environment.values() for port in _LOCAL_PORT.findall(value)}
-    return sorted(int(port) for port in ports)
+    """The 127.0.0.1 ports an environment's values name, a URL's scheme's own port where it
+    names none: what a test host must reach."""
+    ports = {int(port) for value in environment.values() for port in _LOCAL_PORT.findall(value)}
+    for value in environment.values():
+        url = urlsplit(value)
+        if url.hostname in {"127.0.0.1", "localhost"} and url.port is None:
+            ports.add(_DEFAULT_PORTS.get(url.scheme, 0))
+    return sorted(ports - {0})
 
 
 class TestHosts:
@@ -63,11 +70,14 @@ class TestHosts:
         self.ports = sorted(set(ports))
         self.logdir = logdir
         self.forwarders: list[subprocess.Popen] = []
+        # service port -> the port this machine's end of every link listens on for it: one of
+        # its own, as the service's may be taken there (a service listening on every address).
+        self.relays = {port: free_port() for port in self.ports}
 
     def __enter__(self) -> Self:
-        self.script("up", self.count)
         self.logdir.mkdir(parents=True, exist_ok=True)
         try:
+            self.script("up", self.count)
             for host in range(1, self.count + 1):
                 self._forward(host)
                 self._wait_listening(host)
@@ -99,18 +109,19 @@ class TestHosts:
 
     @staticmethod
     def script(command: str, argument: int) -> str:
-        return subprocess.run(
-            [str(SCRIPT), command, str(argument)], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        done = subprocess.run([str(SCRIPT), command, str(argument)], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"test-hosts.sh {command} {argument}: {done.stderr.strip()}")
+        return done.stdout.strip()
 
     def _forward(self, host: int) -> None:
         machine_end = self.script("address", host)
         with (self.logdir / f"forwarders-host{host}.log").open("ab") as log:
-            for port in self.ports:
+            for port, relay in self.relays.items():
                 # This machine's end of the link, to the service.
                 self.forwarders.append(
                     spawn(
-                        ["socat", f"TCP-LISTEN:{port},bind={machine_end},reuseaddr,fork",
+                        ["socat", f"TCP-LISTEN:{relay},bind={machine_end},reuseaddr,fork",
                          f"TCP:127.0.0.1:{port}"],
                         log=log,
                     )
@@ -120,7 +131,7 @@ class TestHosts:
                     spawn(
                         [*self.launcher(host), "socat",
                          f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                         f"TCP:{machine_end}:{port}"],
+                         f"TCP:{machine_end}:{relay}"],
                         log=log,
                     )
                 )  # fmt: skip
@@ -130,7 +141,7 @@ class TestHosts:
         broker refusing connections."""
         machine_end = self.script("address", host)
         wanted = {f"127.0.0.1:{port}" for port in self.ports}
-        wanted_here = {f"{machine_end}:{port}" for port in self.ports}
+        wanted_here = {f"{machine_end}:{relay}" for relay in self.relays.values()}
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not (wanted <= _listening(self.launcher(host)) and wanted_here <= _listening([])):
             if time.monotonic() > deadline:

@@ -68,14 +68,15 @@ def row_lockable(user_id: int) -> bool:
 def test_a_session_left_idle_in_a_transaction_is_ended_by_the_server_and_its_locks_freed(
     no_worker_running, start_worker
 ):
-    # given a worker whose sessions may sit idle in a transaction for a second at most
-    start_worker(concurrency=1, extra_env={"DATABASE_IDLE_IN_TRANSACTION_SECONDS": "1"})
+    # given a worker whose sessions may sit idle in a transaction for 5 s at most
+    worker = start_worker(concurrency=1, extra_env={"DATABASE_IDLE_IN_TRANSACTION_SECONDS": "5"})
     user = get_user_model().objects.create_user("locked@example.com", "a long passphrase 1")
     key = uuid.uuid4().hex
     # when a task of it locks a row and then goes quiet inside its transaction, as one whose
     # host dropped off the network between two statements
-    row_locked_then_idle.delay(key=key, user_id=user.pk, seconds=30)
+    row_locked_then_idle.delay(key=key, user_id=user.pk, seconds=40)
     eventually(lambda: recorded("row-locked", key), timeout=20)
     assert not row_lockable(user.pk)
-    # then the server ends its session within seconds, not the task's 30, and the row is free
-    eventually(lambda: row_lockable(user.pk), timeout=10, interval=0.2)
+    # then the server ends its session after its 5 s, not the task's 40, and the row is free
+    eventually(lambda: row_lockable(user.pk), timeout=15, interval=0.2)
+    worker.kill()  # not a warm shutdown that waits out the task's sleep
