@@ -89,9 +89,16 @@ class HeartbeatDatabaseScheduler(DatabaseScheduler):
         self._lock_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._holder: str | None = None  # as last seen: None before the first tick asked
         self._canaries_sent_at = -math.inf
+        self._closed = False
         super().__init__(*args, **kwargs)
 
     def tick(self, *args, **kwargs) -> float:
+        if self._closed:
+            # Told to stop. Celery's SIGTERM handler closes the scheduler (releasing the lock)
+            # and raises SystemExit wherever the loop happens to be; raised inside a publish,
+            # redis-py can turn it into an I/O error, which beat logs as a failed send and goes
+            # on, taking the lock again until it is killed. Raised here, in the loop, it ends it.
+            raise SystemExit()
         if not self._lock_hold():
             return LOCK_RETRY_SECONDS
         seconds_until_next_tick = super().tick(*args, **kwargs)
@@ -102,6 +109,7 @@ class HeartbeatDatabaseScheduler(DatabaseScheduler):
         return min(seconds_until_next_tick, settings.JOBS_BEAT_LOCK_TTL_SECONDS / RENEWALS_PER_TTL)
 
     def close(self) -> None:
+        self._closed = True
         # Write the last run times first, then release: the successor reads them at once.
         try:
             super().close()

@@ -4,13 +4,21 @@ Most beats here run with a 4 s lock instead of the 30 s default, so that a takeo
 kill costs the test seconds rather than half a minute; the mechanism is the same.
 """
 
+import os
 import time
 from datetime import timedelta
 
+import pytest
 from django.conf import settings
 from django_celery_beat.models import PeriodicTask
 
-from jobs.beat import beat_lock_hold, beat_lock_holder, beat_lock_release
+from config.celery import app
+from jobs.beat import (
+    HeartbeatDatabaseScheduler,
+    beat_lock_hold,
+    beat_lock_holder,
+    beat_lock_release,
+)
 from jobs.heartbeats import beat_heartbeat_age
 from jobs.periodic import PeriodicJob, periodic_jobs_sync
 from jobs.redis import redis_client
@@ -124,3 +132,19 @@ def test_a_beat_never_renews_or_releases_a_lock_it_does_not_hold():
     beat_lock_release(token="host:1:first")
     assert beat_lock_holder() is None
     assert beat_lock_hold(token="host:2:second") == "host:2:second"
+
+
+def test_a_beat_told_to_stop_never_takes_the_lock_again(transactional_db):
+    # given a beat's scheduler holding the lock and sending a job
+    periodic_jobs_sync(jobs=[every(1)])
+    scheduler = HeartbeatDatabaseScheduler(app=app)
+    scheduler.tick()
+    assert f":{os.getpid()}:" in beat_lock_holder()
+    # when it is closed, as Celery's SIGTERM handler closes it before raising SystemExit, and the
+    # loop goes on anyway (that SystemExit, raised inside a publish, came out as an I/O error)
+    scheduler.close()
+    assert beat_lock_holder() is None
+    # then its next tick ends the loop instead of taking the lock again
+    with pytest.raises(SystemExit):
+        scheduler.tick()
+    assert beat_lock_holder() is None
