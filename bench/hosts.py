@@ -43,6 +43,9 @@ POLL_SECONDS = 0.05
 # Photos of two sizes, taking turns: a large one's decode and resize, and a small one's fixed
 # cost per upload (its tasks, its rows, its messages), which large photos alone would hide.
 PHOTO_SIZES = ((4032, 3024), (800, 600))
+# The uploads' owners: deleted at the end, with their uploads, where a DATABASE_URL outlives the
+# run (the files go with the temporary MEDIA_ROOT).
+OWNERS = "bench-hosts-"
 
 
 def main() -> None:
@@ -75,25 +78,40 @@ def main() -> None:
         print(f"each host   one worker, {CONCURRENCY} pool process; broker: its own redis-server")
         print()
         photos = _photos(options.uploads)
-        results = {}
-        setups = [
-            ("this machine, 1 process", 0, 1),
-            (CEILING, 0, 2),
-            *[(f"{count} host(s)", count, CONCURRENCY) for count in HOST_COUNTS],
-        ]
-        for label, count, concurrency in setups:
-            results[label] = _measure(
-                hosts=count,
-                concurrency=concurrency,
-                tasks=options.tasks,
-                photos=photos,
-                workdir=workdir,
-                run=label,
-            )
-            print(f"{label} measured", file=sys.stderr, flush=True)
+        try:
+            results = _measure_every_setup(options, photos=photos, workdir=workdir)
+        finally:
+            _forget_owners()
         _print_results(results)
         print()
         print(f"load average {support.load_average()} at the end")
+
+
+def _measure_every_setup(options, *, photos: list[bytes], workdir: Path) -> dict[str, dict]:
+    """Each setup's figures: this machine with one and two pool processes, then 1-3 hosts."""
+    results = {}
+    setups = [
+        ("this machine, 1 process", 0, 1),
+        (CEILING, 0, 2),
+        *[(f"{count} host(s)", count, CONCURRENCY) for count in HOST_COUNTS],
+    ]
+    for label, count, concurrency in setups:
+        results[label] = _measure(
+            hosts=count,
+            concurrency=concurrency,
+            tasks=options.tasks,
+            photos=photos,
+            workdir=workdir,
+            run=label,
+        )
+        print(f"{label} measured", file=sys.stderr, flush=True)
+    return results
+
+
+def _forget_owners() -> None:
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.filter(email__startswith=OWNERS).delete()
 
 
 def _photos(count: int) -> list[bytes]:
@@ -176,7 +194,7 @@ def _uploads(workers: list[support.Worker], *, photos: list[bytes]) -> float:
     from media.models import Upload
     from media.services import upload_create
 
-    owner = get_user_model().objects.create_user(f"{uuid.uuid4().hex}@example.com", "x" * 20)
+    owner = get_user_model().objects.create_user(f"{OWNERS}{uuid.uuid4().hex}@example.com")
     with _paused(workers, "media"):
         with transaction.atomic():
             ids = [

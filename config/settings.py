@@ -118,15 +118,8 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     if idle_seconds:
         database_options = DATABASES["default"].setdefault("OPTIONS", {})
         # First, so that an `options` the URL carries has the last word.
-        database_options["options"] = " ".join(
-            filter(
-                None,
-                [
-                    f"-c idle_in_transaction_session_timeout={idle_seconds * 1000}",
-                    database_options.get("options", ""),
-                ],
-            )
-        )
+        timeout = f"-c idle_in_transaction_session_timeout={idle_seconds * 1000}"
+        database_options["options"] = f"{timeout} {database_options.get('options', '')}".strip()
 # Reuse connections across requests and, in workers, across tasks (jobs/connections.py); the
 # health check drops ones the server closed.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

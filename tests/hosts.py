@@ -67,12 +67,11 @@ class TestHosts:
 
     def __init__(self, count: int, *, ports: Iterable[int], logdir: Path) -> None:
         self.count = count
-        self.ports = sorted(set(ports))
         self.logdir = logdir
         self.forwarders: list[subprocess.Popen] = []
         # service port -> the port this machine's end of every link listens on for it: one of
         # its own, as the service's may be taken there (a service listening on every address).
-        self.relays = {port: free_port() for port in self.ports}
+        self.relays = {port: free_port() for port in set(ports)}
 
     def __enter__(self) -> Self:
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +139,7 @@ class TestHosts:
         """Until every forwarder of the host listens: a worker started sooner would find its
         broker refusing connections."""
         machine_end = self.script("address", host)
-        wanted = {f"127.0.0.1:{port}" for port in self.ports}
+        wanted = {f"127.0.0.1:{port}" for port in self.relays}
         wanted_here = {f"{machine_end}:{relay}" for relay in self.relays.values()}
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not (wanted <= _listening(self.launcher(host)) and wanted_here <= _listening([])):

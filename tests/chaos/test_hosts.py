@@ -11,6 +11,7 @@ How fast the work goes with one, two and three hosts is a benchmark's business: 
 import os
 import re
 import time
+from contextlib import ExitStack
 
 import pytest
 from django.db import connection
@@ -35,17 +36,11 @@ def test_hosts(scenario: Scenario):
     why = hosts_unavailable()
     if why:
         pytest.skip(why)
-    made: list[TestHosts] = []
-
-    def make(count: int) -> TestHosts:
-        environment = {**os.environ, "DATABASE_URL": database_url_for_subprocesses()}
-        hosts = TestHosts(count, ports=local_ports(environment), logdir=SESSION_DIR / "hosts")
-        made.append(hosts.__enter__())
-        return hosts
-
-    yield make
-    for hosts in made:
-        hosts.__exit__()
+    environment = {**os.environ, "DATABASE_URL": database_url_for_subprocesses()}
+    with ExitStack() as made:
+        yield lambda count: made.enter_context(
+            TestHosts(count, ports=local_ports(environment), logdir=SESSION_DIR / "hosts")
+        )
 
 
 def workers_on(scenario: Scenario, hosts: TestHosts) -> list:
